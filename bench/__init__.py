@@ -1,0 +1,1 @@
+"""The harness: the `bench` CLI, sweeps, process control, measurement, results and reports."""

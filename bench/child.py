@@ -1,0 +1,45 @@
+"""What every process the harness starts does first: pin itself, and die with the harness.
+
+Kept free of heavy imports: servers and load workers import it at start-up.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """Ask the kernel to SIGTERM this process when the process that started it dies."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:
+        # The parent died before prctl took effect.
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def parse_cpus(text: str) -> set[int]:
+    """'0,2-3' -> {0, 2, 3}."""
+    cpus: set[int] = set()
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        lo, _, hi = part.partition("-")
+        cpus.update(range(int(lo), int(hi or lo) + 1))
+    return cpus
+
+
+def format_cpus(cpus: set[int] | list[int]) -> str:
+    return ",".join(str(c) for c in sorted(cpus))
+
+
+def pin_to_cpus(cpus: set[int] | None) -> None:
+    if cpus:
+        os.sched_setaffinity(0, cpus)

@@ -1,0 +1,1 @@
+"""The load engine: worker processes (`python -m loadgen`) that drive an echo server."""

@@ -1,0 +1,42 @@
+"""Latency histograms: HdrHistogram from 1 us to 60 s at 3 significant digits.
+
+Workers send histograms encoded; the manager merges them. Raw samples never travel.
+"""
+
+from __future__ import annotations
+
+from hdrh.histogram import HdrHistogram
+
+LOWEST_US = 1
+HIGHEST_US = 60_000_000
+SIGNIFICANT_DIGITS = 3
+PERCENTILES = {"p50_us": 50.0, "p90_us": 90.0, "p99_us": 99.0, "p999_us": 99.9}
+
+
+def new_histogram() -> HdrHistogram:
+    return HdrHistogram(LOWEST_US, HIGHEST_US, SIGNIFICANT_DIGITS)
+
+
+def record_us(hist: HdrHistogram, micros: int) -> None:
+    hist.record_value(min(max(micros, LOWEST_US), HIGHEST_US))
+
+
+def encode(hist: HdrHistogram) -> str:
+    return hist.encode().decode("ascii")
+
+
+def merge(encoded: list[str]) -> HdrHistogram:
+    merged = new_histogram()
+    for text in encoded:
+        if text:
+            merged.decode_and_add(text.encode("ascii"))
+    return merged
+
+
+def summarize(hist: HdrHistogram) -> dict[str, float | None]:
+    """Percentiles in microseconds; None where nothing was recorded (not a fake zero)."""
+    if hist.get_total_count() == 0:
+        return {**{k: None for k in PERCENTILES}, "max_us": None}
+    out: dict[str, float | None] = {k: float(hist.get_value_at_percentile(p)) for k, p in PERCENTILES.items()}
+    out["max_us"] = float(hist.get_max_value())
+    return out

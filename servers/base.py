@@ -1,0 +1,109 @@
+"""The shared base of every reference echo server and the server contract.
+
+A server binds, listens, then prints one JSON ready line on stdout and echoes until
+SIGTERM/SIGINT. A failure it cannot recover from (select() past FD_SETSIZE, say) is printed
+as a JSON `fatal` line, so the harness can record the reason instead of guessing it from a
+dead socket.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import os
+import signal
+import socket
+import sys
+from dataclasses import dataclass
+from typing import ClassVar
+
+
+class ServerShutdown(BaseException):
+    """Raised from the signal handler so that any blocking call unwinds at once."""
+
+
+class ServerFailure(Exception):
+    """A failure that is the model's own limit, with a reason meant for the report."""
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    host: str = "127.0.0.1"
+    port: int = 0
+    backlog: int = 4096
+    workers: int = 1
+    fork_cap: int = 1000
+
+
+class EchoServer(abc.ABC):
+    name: ClassVar[str]
+    category: ClassVar[str]
+    mechanism: ClassVar[str]
+
+    def __init__(self, options: ServerOptions) -> None:
+        self.options = options
+        self.listener: socket.socket | None = None
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        """Why this model cannot run on this host, or None when it can."""
+        return None
+
+    def open_listener(self) -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.options.host, self.options.port))
+        sock.listen(self.options.backlog)
+        return sock
+
+    @abc.abstractmethod
+    def serve(self, listener: socket.socket) -> None:
+        """Echo on connections accepted from `listener` until ServerShutdown."""
+
+    def close(self) -> None:
+        """Release what the model holds beyond its sockets (children, threads)."""
+        return None
+
+    def run(self) -> int:
+        _install_shutdown_handlers()
+        try:
+            self.listener = self.open_listener()
+            host, port = self.listener.getsockname()[:2]
+            emit({"event": "ready", "model": self.name, "pid": os.getpid(), "host": host, "port": port})
+            self.serve(self.listener)
+        except ServerShutdown:
+            return 0
+        except ServerFailure as exc:
+            emit({"event": "fatal", "model": self.name, "reason": str(exc)})
+            return 3
+        except Exception as exc:  # noqa: BLE001 - the reason goes to the harness, not a traceback
+            emit({"event": "fatal", "model": self.name, "reason": f"{type(exc).__name__}: {exc}"})
+            return 3
+        finally:
+            _ignore_shutdown_signals()
+            self.close()
+            if self.listener is not None:
+                self.listener.close()
+        return 0
+
+
+def emit(message: dict) -> None:
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
+
+
+def _raise_shutdown(signum: int, frame: object) -> None:
+    raise ServerShutdown(signum)
+
+
+def _install_shutdown_handlers() -> None:
+    signal.signal(signal.SIGTERM, _raise_shutdown)
+    signal.signal(signal.SIGINT, _raise_shutdown)
+    # A client that vanishes must not kill the server through SIGPIPE.
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+
+
+def _ignore_shutdown_signals() -> None:
+    # A second SIGTERM during clean-up must not abort the clean-up itself.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

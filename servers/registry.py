@@ -1,0 +1,67 @@
+"""Every I/O model by name, imported lazily so that one missing package breaks only its model."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+from servers.base import EchoServer
+
+# name -> (module, class); order is the report's order: blocking first, asynchronous last.
+_MODELS: dict[str, tuple[str, str]] = {
+    "threads": ("servers.threads_server", "ThreadsServer"),
+    "fork": ("servers.fork_server", "ForkServer"),
+    "nonblocking": ("servers.nonblocking_server", "NonblockingServer"),
+    "select": ("servers.select_server", "SelectServer"),
+    "poll": ("servers.poll_server", "PollServer"),
+    "epoll": ("servers.epoll_server", "EpollServer"),
+    "epoll-et": ("servers.epoll_et_server", "EpollEdgeServer"),
+    "selectors": ("servers.selectors_server", "SelectorsServer"),
+    "sigio": ("servers.sigio_server", "SigioServer"),
+    "asyncio": ("servers.asyncio_server", "AsyncioServer"),
+    "uvloop": ("servers.uvloop_server", "UvloopServer"),
+    "io_uring": ("servers.io_uring_server", "IoUringServer"),
+    "native": ("servers.native_server", "NativeServer"),
+}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    category: str
+    mechanism: str
+    available: bool
+    reason: str
+
+    def as_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "category": self.category,
+            "mechanism": self.mechanism,
+            "available": self.available,
+            "reason": self.reason,
+        }
+
+
+def model_names() -> list[str]:
+    return list(_MODELS)
+
+
+def load(name: str) -> type[EchoServer]:
+    if name not in _MODELS:
+        raise KeyError(f"unknown model {name!r}; known models: {', '.join(_MODELS)}")
+    module, cls = _MODELS[name]
+    return getattr(importlib.import_module(module), cls)
+
+
+def describe(name: str) -> ModelInfo:
+    try:
+        server = load(name)
+    except ImportError as exc:
+        return ModelInfo(name, "?", "?", False, f"cannot import: {exc}")
+    reason = server.unavailable_reason()
+    return ModelInfo(name, server.category, server.mechanism, reason is None, reason or "")
+
+
+def describe_all() -> list[ModelInfo]:
+    return [describe(name) for name in _MODELS]

@@ -1,0 +1,56 @@
+"""select(): three fd_set bitmaps rebuilt and scanned on every call, bounded by FD_SETSIZE."""
+
+from __future__ import annotations
+
+import select
+import socket
+
+from servers.base import EchoServer, ServerFailure
+from servers.connection import Connection, accept_ready
+
+FD_SETSIZE = 1024
+
+
+class SelectServer(EchoServer):
+    name = "select"
+    category = "I/O multiplexing"
+    mechanism = "select.select over read/write lists; fails on any descriptor number >= 1024"
+
+    def serve(self, listener: socket.socket) -> None:
+        listener.setblocking(False)
+        conns: dict[int, Connection] = {}
+        self._conns = conns
+        lfd = listener.fileno()
+        while True:
+            rlist = [lfd] + [fd for fd, c in conns.items() if c.wants_read]
+            wlist = [fd for fd, c in conns.items() if c.wants_write]
+            try:
+                readable, writable, _ = select.select(rlist, wlist, [])
+            except ValueError as exc:
+                # Python refuses what C would silently corrupt: a descriptor past the bitmap.
+                highest = max(conns, default=lfd)
+                raise ServerFailure(
+                    f"select() cannot watch descriptor {highest}: FD_SETSIZE is {FD_SETSIZE}, "
+                    f"so descriptor numbers >= {FD_SETSIZE} are out of range ({exc})"
+                ) from exc
+            for fd in readable:
+                if fd == lfd:
+                    for sock in accept_ready(listener):
+                        conn = Connection(sock)
+                        conns[conn.fd] = conn
+                    continue
+                conn = conns.get(fd)
+                if conn is not None and (not conn.on_readable() or conn.finished):
+                    self._drop(conn)
+            for fd in writable:
+                conn = conns.get(fd)
+                if conn is not None and (not conn.on_writable() or conn.finished):
+                    self._drop(conn)
+
+    def _drop(self, conn: Connection) -> None:
+        if self._conns.pop(conn.fd, None) is not None:
+            conn.close()
+
+    def close(self) -> None:
+        for conn in getattr(self, "_conns", {}).values():
+            conn.close()
