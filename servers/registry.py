@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import dataclass
 
 from servers.base import EchoServer
@@ -43,25 +44,40 @@ class ModelInfo:
         }
 
 
+# Models of the user's own, on the same base: BENCH_EXTRA_MODELS="name=package.module:Class,...".
+EXTRA_MODELS_ENV = "BENCH_EXTRA_MODELS"
+
+
+def _all_models() -> dict[str, tuple[str, str]]:
+    models = dict(_MODELS)
+    for entry in os.environ.get(EXTRA_MODELS_ENV, "").split(","):
+        name, _, target = entry.strip().partition("=")
+        module, _, cls = target.partition(":")
+        if name and module and cls:
+            models[name] = (module, cls)
+    return models
+
+
 def model_names() -> list[str]:
-    return list(_MODELS)
+    return list(_all_models())
 
 
 def load(name: str) -> type[EchoServer]:
-    if name not in _MODELS:
-        raise KeyError(f"unknown model {name!r}; known models: {', '.join(_MODELS)}")
-    module, cls = _MODELS[name]
+    models = _all_models()
+    if name not in models:
+        raise KeyError(f"unknown model {name!r}; known models: {', '.join(models)}")
+    module, cls = models[name]
     return getattr(importlib.import_module(module), cls)
 
 
 def describe(name: str) -> ModelInfo:
     try:
         server = load(name)
-    except ImportError as exc:
+    except (ImportError, AttributeError) as exc:
         return ModelInfo(name, "?", "?", False, f"cannot import: {exc}")
     reason = server.unavailable_reason()
     return ModelInfo(name, server.category, server.mechanism, reason is None, reason or "")
 
 
 def describe_all() -> list[ModelInfo]:
-    return [describe(name) for name in _MODELS]
+    return [describe(name) for name in model_names()]

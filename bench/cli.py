@@ -1,0 +1,193 @@
+"""`bench`: run sweeps, render reports, list the I/O models."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+from bench.columns import STATUS_OK
+from bench.cpus import default_pinning, parse_pinning
+from bench.errors import UsageError
+
+DEFAULT_CONNECTIONS = "1,10,100,1000,2000"
+
+
+def _int_list(text: str, name: str, minimum: int = 1) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"{name} takes a comma-separated list of integers, not {text!r}") from None
+    if not values or any(v < minimum for v in values):
+        raise UsageError(f"{name} values must be integers >= {minimum}, got {text!r}")
+    return values
+
+
+def _positive(value: float, name: str, allow_zero: bool = False) -> float:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise UsageError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+    return value
+
+
+def _models(text: str) -> tuple[list[str], dict[str, str]]:
+    from servers import registry
+
+    infos = {info.name: info for info in registry.describe_all()}
+    if text.strip() == "all":
+        return [n for n, i in infos.items() if i.available], {}
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in names if m not in infos]
+    if unknown or not names:
+        raise UsageError(
+            f"unknown model(s) {', '.join(unknown) or text!r}; known: {', '.join(infos)} or 'all'"
+        )
+    return names, {m: infos[m].reason for m in names if not infos[m].available}
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bench.report import render_report
+    from bench.sweep import RunConfig, run_sweep
+
+    models, unavailable = _models(args.models)
+    if not models:
+        raise UsageError("no model is available on this host (see `bench models`)")
+    try:
+        pinning = parse_pinning(args.server_cpus, args.client_cpus) if args.server_cpus else default_pinning()
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    config = RunConfig(
+        models=models,
+        connections=_int_list(args.connections, "--connections"),
+        payload=int(_positive(args.payload, "--payload")),
+        duration_s=_positive(args.duration, "--duration"),
+        warmup_s=_positive(args.warmup, "--warmup", allow_zero=True),
+        repeats=int(_positive(args.repeats, "--repeats")),
+        out=Path(args.out),
+        pinning=pinning,
+        unavailable=unavailable,
+        ready_timeout_s=_positive(args.ready_timeout, "--ready-timeout"),
+    )
+    # The harness itself runs beside the load workers, off the server's CPUs.
+    os.sched_setaffinity(0, set(pinning.client))
+    _stop_on_sigterm()
+    try:
+        config.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create --out {args.out}: {exc.strerror}") from None
+    runner = _Progress()
+    try:
+        run_dir = run_sweep(config, on_point=runner.point)
+    except KeyboardInterrupt:
+        print("interrupted: the points measured so far are kept", file=sys.stderr)
+        if runner.run_dir is not None:
+            render_report(runner.run_dir)
+        return 130
+    report = render_report(run_dir.path)
+    print(f"run directory: {run_dir.path}\nreport: {report}")
+    return 0
+
+
+class _Progress:
+    def __init__(self) -> None:
+        self.run_dir: Path | None = None
+
+    def point(self, row: dict, run_path: Path) -> None:
+        self.run_dir = run_path
+        status = row.get("status")
+        detail = (
+            f"{row['rps']:,.0f} req/s, p99 {row['p99_us']:,.0f} us"
+            if status == STATUS_OK
+            else row.get("reason", "")
+        )
+        print(f"{row['model']:>12} c={row['connections']:<6} r{row['repeat']} {status}: {detail}", flush=True)
+
+
+def _stop_on_sigterm() -> None:
+    # SIGTERM takes the same path as Ctrl-C: children stopped, rows kept, report written.
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from bench.report import render_report
+
+    path = Path(args.run_dir)
+    if not (path / "run.json").is_file():
+        raise UsageError(f"{args.run_dir} is not a run directory (no run.json)")
+    print(render_report(path))
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from servers import registry
+
+    infos = registry.describe_all()
+    if args.json:
+        print(json.dumps([i.as_dict() for i in infos], indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("model", "category", "available", "mechanism / reason")
+    for i in infos:
+        table.add_row(
+            i.name, i.category, "yes" if i.available else "no", i.mechanism if i.available else i.reason
+        )
+    Console().print(table)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bench", description="Benchmark Linux network I/O models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="sweep models over connection counts and write a run directory")
+    run.add_argument("--models", default="all", help="comma-separated model names, or 'all' (default)")
+    run.add_argument(
+        "--connections", default=DEFAULT_CONNECTIONS, help=f"list (default {DEFAULT_CONNECTIONS})"
+    )
+    run.add_argument("--payload", type=int, default=64, help="bytes per request (default 64)")
+    run.add_argument("--duration", type=float, default=1.5, help="measured window, seconds (default 1.5)")
+    run.add_argument(
+        "--warmup", type=float, default=0.5, help="warm-up before the window, seconds (default 0.5)"
+    )
+    run.add_argument(
+        "--repeats", type=int, default=1, help="how many times to run the whole sweep (default 1)"
+    )
+    run.add_argument("--out", default=os.environ.get("BENCH_RESULTS", "results"), help="results directory")
+    run.add_argument("--ready-timeout", type=float, default=15.0, help="seconds a server may take to listen")
+    run.add_argument("--server-cpus", default="", help="CPUs for the server, e.g. 0 (default: first half)")
+    run.add_argument("--client-cpus", default="", help="CPUs for the load workers (default: the rest)")
+    run.set_defaults(func=cmd_run)
+    report = sub.add_parser("report", help="(re)write report.html of a run directory")
+    report.add_argument("run_dir")
+    report.set_defaults(func=cmd_report)
+    models = sub.add_parser("models", help="list the I/O models and whether each can run here")
+    models.add_argument("--json", action="store_true")
+    models.set_defaults(func=cmd_models)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if (
+        getattr(args, "server_cpus", "")
+        and not args.client_cpus
+        or getattr(args, "client_cpus", "")
+        and not args.server_cpus
+    ):
+        print("bench: error: --server-cpus and --client-cpus go together", file=sys.stderr)
+        return 2
+    try:
+        return args.func(args)
+    except UsageError as exc:
+        print(f"bench: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""Starting and ending the harness's children: always by PID, never leaving one behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+
+
+def spawn_python(module: str, args: list[str]) -> subprocess.Popen:
+    """`python -m module args` in its own session, so a terminal's Ctrl-C reaches only bench,
+    which then stops its children in order; its stdin/stdout are the control pipes."""
+    return subprocess.Popen(
+        [sys.executable, "-m", module, *args, "--die-with-parent"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        cwd=_project_root(),
+    )
+
+
+def _project_root() -> str:
+    # The packages are importable from here even when bench runs from a source checkout.
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def process_tree(pid: int) -> list[psutil.Process]:
+    """The process and its descendants; psutil.Process objects remember their start time,
+    so a PID reused later by somebody else's process is never mistaken for ours."""
+    try:
+        proc = psutil.Process(pid)
+        return [proc, *proc.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def terminate_tree(popen: subprocess.Popen, grace_s: float = 2.0) -> float | None:
+    """SIGTERM the process (it must release its own children), then SIGKILL whatever of its
+    tree is still there after `grace_s`. Returns how long it took to exit, or None if killed."""
+    tree = process_tree(popen.pid)
+    started = time.monotonic()
+    exited_after: float | None = None
+    if popen.poll() is None:
+        try:
+            popen.send_signal(signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            popen.wait(timeout=grace_s)
+            exited_after = time.monotonic() - started
+        except subprocess.TimeoutExpired:
+            pass
+    else:
+        exited_after = 0.0
+    for proc in tree:
+        _kill_if_alive(proc)
+    if popen.poll() is None:
+        popen.kill()
+        popen.wait()
+    _close_pipes(popen)
+    return exited_after
+
+
+def _kill_if_alive(proc: psutil.Process) -> None:
+    try:
+        if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+            proc.kill()
+            proc.wait(timeout=2)
+    except (psutil.NoSuchProcess, psutil.TimeoutExpired, psutil.AccessDenied):
+        pass
+
+
+def _close_pipes(popen: subprocess.Popen) -> None:
+    for stream in (popen.stdin, popen.stdout, popen.stderr):
+        if stream is not None:
+            try:
+                stream.close()
+            except OSError:
+                pass

@@ -1,0 +1,102 @@
+"""A run directory: run.json, points.csv (appended point by point), histograms.jsonl.
+
+Points are appended and flushed as they are measured, so an interrupted run keeps all it
+measured; run.json is replaced atomically, never left half-written.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.columns import POINT_COLUMNS
+
+SCHEMA_VERSION = 1
+RUN_FILE = "run.json"
+POINTS_FILE = "points.csv"
+HISTOGRAMS_FILE = "histograms.jsonl"
+REPORT_FILE = "report.html"
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as fh:
+        json.dump(data, fh, indent=2, sort_keys=False)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class RunDirectory:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    @classmethod
+    def create(cls, out: Path, run_id: str) -> RunDirectory:
+        path = Path(out) / run_id
+        path.mkdir(parents=True, exist_ok=False)
+        return cls(path)
+
+    @property
+    def run_file(self) -> Path:
+        return self.path / RUN_FILE
+
+    @property
+    def points_file(self) -> Path:
+        return self.path / POINTS_FILE
+
+    @property
+    def report_file(self) -> Path:
+        return self.path / REPORT_FILE
+
+    def write_run(self, meta: dict[str, Any]) -> None:
+        write_json_atomic(self.run_file, {"schema_version": SCHEMA_VERSION, **meta})
+
+    def read_run(self) -> dict[str, Any]:
+        with open(self.run_file) as fh:
+            return json.load(fh)
+
+    def append_point(self, row: dict[str, Any], histograms: dict[str, str]) -> None:
+        new = not self.points_file.exists()
+        with open(self.points_file, "a", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=POINT_COLUMNS, extrasaction="raise")
+            if new:
+                writer.writeheader()
+            writer.writerow({k: _cell(row.get(k)) for k in POINT_COLUMNS})
+            fh.flush()
+            os.fsync(fh.fileno())
+        if histograms:
+            with open(self.path / HISTOGRAMS_FILE, "a") as fh:
+                fh.write(json.dumps({"point_id": row["point_id"], **histograms}) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+
+    def read_histograms(self) -> dict[str, dict[str, str]]:
+        path = self.path / HISTOGRAMS_FILE
+        if not path.exists():
+            return {}
+        out = {}
+        with open(path) as fh:
+            for line in fh:
+                if line.strip():
+                    rec = json.loads(line)
+                    out[rec.pop("point_id")] = rec
+        return out
+
+
+def _cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}" if abs(value) < 1e15 else repr(value)
+    return value

@@ -1,0 +1,88 @@
+"""The server under test as the harness sees it: started, ready, watched, stopped."""
+
+from __future__ import annotations
+
+import subprocess
+
+from bench.child import format_cpus
+from bench.errors import PointFailed
+from bench.pipes import MessageReader, deadline_in, remaining
+from bench.processes import spawn_python, terminate_tree
+
+
+class ServerUnderTest:
+    def __init__(
+        self, model: str, cpus: tuple[int, ...], host: str = "127.0.0.1", extra: list[str] | None = None
+    ):
+        self.model = model
+        self.cpus = cpus
+        self.host = host
+        self.extra = extra or []
+        self.popen: subprocess.Popen | None = None
+        self.port = 0
+        self.warnings: list[str] = []
+        self.fatal: str | None = None
+        self.exit_s: float | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.popen is not None
+        return self.popen.pid
+
+    def start(self, ready_timeout: float = 15.0) -> None:
+        args = [self.model, "--host", self.host, "--port", "0", "--cpus", format_cpus(self.cpus), *self.extra]
+        self.popen = spawn_python("servers", args)
+        self._out = MessageReader(self.popen.stdout, f"{self.model}-stdout")
+        self._err = MessageReader(self.popen.stderr, f"{self.model}-stderr")
+        deadline = deadline_in(ready_timeout)
+        while remaining(deadline) > 0:
+            message = self._out.next(min(remaining(deadline), 0.25))
+            if message is None:
+                if self.popen.poll() is not None and self._out.closed.is_set():
+                    raise PointFailed(
+                        f"server exited with status {self.popen.returncode} before ready: {self._stderr_tail()}"
+                    )
+                continue
+            self._note(message)
+            if message["event"] == "ready":
+                self.port = int(message["port"])
+                return
+            if self.fatal:
+                raise PointFailed(self.fatal)
+        raise PointFailed(f"server not ready within {ready_timeout:.0f} s: {self._stderr_tail()}")
+
+    def _note(self, message: dict) -> None:
+        if message["event"] == "fatal":
+            self.fatal = str(message.get("reason", "unknown fatal error"))
+        elif message["event"] == "warning":
+            self.warnings.append(str(message.get("reason", "")))
+
+    def failure(self) -> str | None:
+        """Why the server is no longer serving, or None while it is healthy."""
+        while (message := self._out.next(0)) is not None:
+            self._note(message)
+        if self.fatal:
+            return self.fatal
+        if self.popen is not None and self.popen.poll() is not None:
+            self._out.wait_closed(1.0)
+            while (message := self._out.next(0)) is not None:
+                self._note(message)
+            if self.fatal:
+                return self.fatal
+            return f"server exited with status {self.popen.returncode}: {self._stderr_tail()}"
+        return None
+
+    def _stderr_tail(self) -> str:
+        self._err.wait_closed(0.2)
+        lines = [line for line in self._err.tail if line.strip()]
+        return lines[-1].strip() if lines else "no output on stderr"
+
+    def stop(self) -> None:
+        if self.popen is not None:
+            self.exit_s = terminate_tree(self.popen)
+
+    def __enter__(self) -> ServerUnderTest:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,96 @@
+"""A whole run: plan the points, run them one by one, append each row as it is measured."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bench.cpus import Pinning
+from bench.host import describe_host
+from bench.columns import STATUS_SKIPPED
+from bench.point import PointSpec, Timing, run_point, unmeasured_row
+from bench.results_store import RunDirectory, new_run_id
+from servers import registry
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    models: list[str]
+    connections: list[int]
+    payload: int
+    duration_s: float
+    warmup_s: float
+    repeats: int
+    out: Path
+    pinning: Pinning
+    workload: str = "closed"
+    ready_timeout_s: float = 15.0
+    unavailable: dict[str, str] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["out"] = str(self.out)
+        d["pinning"] = self.pinning.as_dict()
+        return d
+
+
+def plan(config: RunConfig) -> list[PointSpec]:
+    """Every (model, connections) point per repeat; the model order rotates between repeats
+    so that a slow drift of the host does not always land on the same model."""
+    specs = []
+    for repeat in range(config.repeats):
+        shift = repeat % len(config.models)
+        models = config.models[shift:] + config.models[:shift]
+        for connections in config.connections:
+            for model in models:
+                specs.append(PointSpec(model, connections, config.payload, repeat, config.workload))
+    return specs
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def run_sweep(config: RunConfig, on_point: Callable[[dict, Path], None] | None = None) -> RunDirectory:
+    run_id = new_run_id()
+    run_dir = RunDirectory.create(config.out, run_id)
+    specs = plan(config)
+    meta = {
+        "run_id": run_id,
+        "started": _now(),
+        "finished": None,
+        "status": "running",
+        "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "config": config.as_dict(),
+        "points_planned": len(specs),
+        "models": [registry.describe(m).as_dict() for m in config.models],
+        "host": describe_host(),
+    }
+    run_dir.write_run(meta)
+    try:
+        for spec in specs:
+            if spec.model in config.unavailable:
+                reason = f"unavailable here: {config.unavailable[spec.model]}"
+                row, hists = unmeasured_row(run_id, spec, STATUS_SKIPPED, reason), {}
+            else:
+                row, hists = run_point(
+                    run_id,
+                    spec,
+                    Timing(config.duration_s, config.warmup_s, config.ready_timeout_s),
+                    config.pinning,
+                )
+            run_dir.append_point(row, hists)
+            if on_point is not None:
+                on_point(row, run_dir.path)
+        meta["status"] = "complete"
+    except KeyboardInterrupt:
+        meta["status"] = "interrupted"
+        raise
+    finally:
+        meta["finished"] = _now()
+        run_dir.write_run(meta)
+    return run_dir

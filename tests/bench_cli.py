@@ -1,0 +1,40 @@
+"""Running the real `bench` CLI in a subprocess, as a user would."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+TESTS_DIR = Path(__file__).resolve().parent
+
+
+def bench_env(extra_models: str = "") -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS_DIR), env.get("PYTHONPATH", "")]))
+    if extra_models:
+        env["BENCH_EXTRA_MODELS"] = extra_models
+    return env
+
+
+def bench_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "bench.cli", *args]
+
+
+def run_bench(*args: str, timeout: float = 120, extra_models: str = "") -> subprocess.CompletedProcess:
+    return subprocess.run(
+        bench_command(*args), capture_output=True, text=True, timeout=timeout, env=bench_env(extra_models)
+    )
+
+
+def only_run_dir(out: Path) -> Path:
+    runs = [p for p in out.iterdir() if p.is_dir()]
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def read_points(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "points.csv", newline="") as fh:
+        return list(csv.DictReader(fh))

@@ -1,0 +1,39 @@
+"""Servers that fail on purpose, loaded by the harness through BENCH_EXTRA_MODELS."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+
+from servers.base import EchoServer
+
+
+class CrashOnAcceptServer(EchoServer):
+    """Dies abruptly, without a fatal line, as soon as a client connects."""
+
+    name = "crash"
+    category = "test"
+    mechanism = "exits with status 7 on the first accept"
+
+    def serve(self, listener: socket.socket) -> None:
+        listener.accept()
+        os._exit(7)
+
+
+class NeverReadyServer(EchoServer):
+    """Never listens, never prints its ready line."""
+
+    name = "never-ready"
+    category = "test"
+    mechanism = "blocks forever before listen()"
+
+    def open_listener(self) -> socket.socket:
+        threading.Event().wait()
+        raise AssertionError("unreachable")
+
+    def serve(self, listener: socket.socket) -> None:
+        raise AssertionError("unreachable")
+
+
+EXTRA_MODELS = "crash=faulty_models:CrashOnAcceptServer,never-ready=faulty_models:NeverReadyServer"

@@ -1,0 +1,171 @@
+"""`bench run` end to end: real servers, real load workers, real files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import signal
+import subprocess
+import time
+
+import psutil
+import pytest
+from bench_cli import bench_command, bench_env, only_run_dir, read_points, run_bench
+from faulty_models import EXTRA_MODELS
+
+from bench.columns import POINT_COLUMNS
+
+ISSUE_COLUMNS = (
+    "run_id model workload connections payload repeat status reason requests errors duration_s rps mbps "
+    "p50_us p90_us p99_us p999_us max_us server_cpu_user_s server_cpu_sys_s cpu_us_per_req "
+    "server_rss_bytes client_cpu_pct"
+).split()
+
+
+@pytest.mark.timeout(180)
+def test_tiny_sweep_writes_run_points_and_report(tmp_path):
+    # select before epoll at 1100: the sweep must go on past select's failure.
+    proc = run_bench(
+        "run", "--models", "select,epoll", "--connections", "2,1100", "--duration", "0.5", "--warmup", "0.2",
+        "--out", str(tmp_path), timeout=170,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    run_dir = only_run_dir(tmp_path)
+
+    meta = json.loads((run_dir / "run.json").read_text())
+    assert meta["status"] == "complete"
+    assert meta["run_id"] == run_dir.name
+    assert "--connections 2,1100" in meta["command"]
+    assert meta["config"]["connections"] == [2, 1100]
+    for key in ("kernel", "cpu_count", "python"):
+        assert meta["host"][key]
+
+    with open(run_dir / "points.csv", newline="") as fh:
+        header = next(csv.reader(fh))
+    assert header[: len(ISSUE_COLUMNS)] == ISSUE_COLUMNS
+    assert header == POINT_COLUMNS
+
+    rows = {(r["model"], int(r["connections"])): r for r in read_points(run_dir)}
+    assert set(rows) == {("select", 2), ("epoll", 2), ("select", 1100), ("epoll", 1100)}
+    for key in [("select", 2), ("epoll", 2), ("epoll", 1100)]:
+        row = rows[key]
+        assert row["status"] == "ok", row
+        assert int(row["requests"]) > 0 and float(row["rps"]) > 0
+        assert float(row["duration_s"]) == pytest.approx(0.5, rel=0.2)
+        assert float(row["rps"]) == pytest.approx(int(row["requests"]) / float(row["duration_s"]), rel=1e-3)
+        assert 0 < float(row["p50_us"]) <= float(row["p99_us"]) <= float(row["max_us"])
+        assert float(row["cpu_us_per_req"]) > 0 and int(row["server_rss_bytes"]) > 0
+        assert int(row["errors"]) == 0
+    assert int(rows[("epoll", 1100)]["connected"]) == 1100
+    failed = rows[("select", 1100)]
+    assert failed["status"] == "failed"
+    assert "1024" in failed["reason"]
+
+    html = (run_dir / "report.html").read_text()
+    assert html.count("<svg") >= 2
+    assert 'id="plot-rps"' in html and 'id="plot-p99_us"' in html
+    # Self-contained: nothing for a browser to fetch.
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html)
+    assert "<link" not in html and "@import" not in html
+
+
+@pytest.mark.timeout(90)
+def test_crashing_and_never_ready_servers_are_failed_rows(tmp_path):
+    proc = run_bench(
+        "run", "--models", "crash,never-ready,poll", "--connections", "3", "--duration", "0.3", "--warmup", "0",
+        "--ready-timeout", "2", "--out", str(tmp_path), extra_models=EXTRA_MODELS, timeout=80,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["model"]: r for r in read_points(only_run_dir(tmp_path))}
+    assert rows["crash"]["status"] == "failed"
+    assert "status 7" in rows["crash"]["reason"]
+    assert rows["never-ready"]["status"] == "failed"
+    assert "not ready within 2 s" in rows["never-ready"]["reason"]
+    assert rows["poll"]["status"] == "ok"
+
+
+def _our_children(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _roles(procs: list[psutil.Process]) -> set[str]:
+    roles = set()
+    for p in procs:
+        try:
+            cmd = p.cmdline()
+        except psutil.Error:
+            continue
+        for role in ("servers", "loadgen"):
+            if role in cmd:
+                roles.add(role)
+    return roles
+
+
+@pytest.mark.timeout(90)
+def test_sigint_keeps_measured_rows_and_leaves_no_process(tmp_path):
+    bench = subprocess.Popen(
+        bench_command(
+            "run", "--models", "epoll,poll", "--connections", "5,10,20,40", "--duration", "1", "--warmup", "0.2",
+            "--out", str(tmp_path),
+        ),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=bench_env(),
+    )  # fmt: skip
+    seen: dict[int, psutil.Process] = {}
+    try:
+        deadline = time.monotonic() + 60
+        # Wait for a measured row, then for a point in progress (a server and a load worker).
+        while time.monotonic() < deadline:
+            runs = [p for p in tmp_path.iterdir() if (p / "points.csv").exists()]
+            if runs and len(read_points(runs[0])) >= 1:
+                children = _our_children(bench.pid)
+                if _roles(children) == {"servers", "loadgen"}:
+                    seen.update({p.pid: p for p in children})
+                    break
+            assert bench.poll() is None, bench.communicate()
+            time.sleep(0.02)
+        assert seen, "never saw a point in progress"
+        rows_before = len(read_points(runs[0]))
+        bench.send_signal(signal.SIGINT)
+        _out, err = bench.communicate(timeout=15)
+        assert bench.returncode == 130, err
+        assert "Traceback" not in err
+        rows_after = read_points(runs[0])
+        assert len(rows_after) >= rows_before >= 1
+        assert all(r["status"] == "ok" for r in rows_after)
+        gone, alive = psutil.wait_procs(list(seen.values()), timeout=5)
+        assert not alive, f"left behind: {[p.pid for p in alive]}"
+        meta = json.loads((runs[0] / "run.json").read_text())
+        assert meta["status"] == "interrupted"
+        assert (runs[0] / "report.html").exists()
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+            bench.wait()
+        for p in seen.values():
+            if p.is_running():
+                p.kill()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "--models", "nosuch"], "unknown model"),
+        (["run", "--connections", "1,abc"], "comma-separated list of integers"),
+        (["run", "--connections", "0"], ">= 1"),
+        (["run", "--duration", "-1"], "--duration must be > 0"),
+        (["run", "--server-cpus", "99", "--client-cpus", "0"], "--server-cpus must name CPUs"),
+        (["report", "/nonexistent/run"], "not a run directory"),
+    ],
+)
+def test_bad_input_is_one_line_error(tmp_path, args, message):
+    proc = run_bench(*args, "--out", str(tmp_path)) if args[0] == "run" else run_bench(*args)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not list(tmp_path.iterdir())
