@@ -41,9 +41,7 @@ def _models(text: str) -> tuple[list[str], dict[str, str]]:
     names = [m.strip() for m in text.split(",") if m.strip()]
     unknown = [m for m in names if m not in infos]
     if unknown or not names:
-        raise UsageError(
-            f"unknown model(s) {', '.join(unknown) or text!r}; known: {', '.join(infos)} or 'all'"
-        )
+        raise UsageError(f"unknown model(s) {', '.join(unknown) or text!r}; known: {', '.join(infos)} or 'all'")
     return names, {m: infos[m].reason for m in names if not infos[m].available}
 
 
@@ -98,9 +96,7 @@ class _Progress:
         self.run_dir = run_path
         status = row.get("status")
         detail = (
-            f"{row['rps']:,.0f} req/s, p99 {row['p99_us']:,.0f} us"
-            if status == STATUS_OK
-            else row.get("reason", "")
+            f"{row['rps']:,.0f} req/s, p99 {row['p99_us']:,.0f} us" if status == STATUS_OK else row.get("reason", "")
         )
         print(f"{row['model']:>12} c={row['connections']:<6} r{row['repeat']} {status}: {detail}", flush=True)
 
@@ -135,9 +131,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
     table = Table("model", "category", "available", "mechanism / reason")
     for i in infos:
-        table.add_row(
-            i.name, i.category, "yes" if i.available else "no", i.mechanism if i.available else i.reason
-        )
+        table.add_row(i.name, i.category, "yes" if i.available else "no", i.mechanism if i.available else i.reason)
     Console().print(table)
     return 0
 
@@ -147,17 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="sweep models over connection counts and write a run directory")
     run.add_argument("--models", default="all", help="comma-separated model names, or 'all' (default)")
-    run.add_argument(
-        "--connections", default=DEFAULT_CONNECTIONS, help=f"list (default {DEFAULT_CONNECTIONS})"
-    )
+    run.add_argument("--connections", default=DEFAULT_CONNECTIONS, help=f"list (default {DEFAULT_CONNECTIONS})")
     run.add_argument("--payload", type=int, default=64, help="bytes per request (default 64)")
     run.add_argument("--duration", type=float, default=1.5, help="measured window, seconds (default 1.5)")
-    run.add_argument(
-        "--warmup", type=float, default=0.5, help="warm-up before the window, seconds (default 0.5)"
-    )
-    run.add_argument(
-        "--repeats", type=int, default=1, help="how many times to run the whole sweep (default 1)"
-    )
+    run.add_argument("--warmup", type=float, default=0.5, help="warm-up before the window, seconds (default 0.5)")
+    run.add_argument("--repeats", type=int, default=1, help="how many times to run the whole sweep (default 1)")
     run.add_argument("--out", default=os.environ.get("BENCH_RESULTS", "results"), help="results directory")
     run.add_argument("--ready-timeout", type=float, default=15.0, help="seconds a server may take to listen")
     run.add_argument("--server-cpus", default="", help="CPUs for the server, e.g. 0 (default: first half)")

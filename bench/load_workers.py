@@ -57,9 +57,7 @@ def split(total: int, parts: int) -> list[int]:
 
 
 class LoadWorkers:
-    def __init__(
-        self, host: str, port: int, connections: int, payload: int, cpus: tuple[int, ...], workers: int
-    ):
+    def __init__(self, host: str, port: int, connections: int, payload: int, cpus: tuple[int, ...], workers: int):
         self.host, self.port, self.payload, self.cpus = host, port, payload, cpus
         self.slices = [n for n in split(connections, workers) if n > 0]
         self.popens: list[subprocess.Popen] = []

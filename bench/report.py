@@ -109,17 +109,13 @@ def render_report(run_path: Path) -> Path:
     plots = []
     if not df.empty:
         for column, title, ylabel, log_y in PLOTS:
-            plots.append(
-                {"id": f"plot-{column}", "title": title, "svg": plot_metric(df, column, title, ylabel, log_y)}
-            )
+            plots.append({"id": f"plot-{column}", "title": title, "svg": plot_metric(df, column, title, ylabel, log_y)})
     rows = []
     columns = [c for c in TABLE_COLUMNS if c in df.columns]
     for _, row in df.iterrows():
         cells = [(_fmt(row[c]), c in TEXT_COLUMNS) for c in columns]
         rows.append({"status": row.get("status", ""), "cells": cells})
-    env = Environment(
-        loader=PackageLoader("bench", "templates"), autoescape=select_autoescape(["html", "j2"])
-    )
+    env = Environment(loader=PackageLoader("bench", "templates"), autoescape=select_autoescape(["html", "j2"]))
     html = env.get_template("report.html.j2").render(
         meta=meta,
         plots=plots,

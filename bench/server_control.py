@@ -11,9 +11,7 @@ from bench.processes import spawn_python, terminate_tree
 
 
 class ServerUnderTest:
-    def __init__(
-        self, model: str, cpus: tuple[int, ...], host: str = "127.0.0.1", extra: list[str] | None = None
-    ):
+    def __init__(self, model: str, cpus: tuple[int, ...], host: str = "127.0.0.1", extra: list[str] | None = None):
         self.model = model
         self.cpus = cpus
         self.host = host
@@ -39,9 +37,8 @@ class ServerUnderTest:
             message = self._out.next(min(remaining(deadline), 0.25))
             if message is None:
                 if self.popen.poll() is not None and self._out.closed.is_set():
-                    raise PointFailed(
-                        f"server exited with status {self.popen.returncode} before ready: {self._stderr_tail()}"
-                    )
+                    status = self.popen.returncode
+                    raise PointFailed(f"server exited with status {status} before ready: {self._stderr_tail()}")
                 continue
             self._note(message)
             if message["event"] == "ready":

@@ -9,9 +9,9 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bench.columns import STATUS_SKIPPED
 from bench.cpus import Pinning
 from bench.host import describe_host
-from bench.columns import STATUS_SKIPPED
 from bench.point import PointSpec, Timing, run_point, unmeasured_row
 from bench.results_store import RunDirectory, new_run_id
 from servers import registry

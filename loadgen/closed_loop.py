@@ -64,9 +64,7 @@ class _Conn:
         self.writing = False
 
 
-def run_closed_loop(
-    sockets: list[socket.socket], payload_size: int, window: Window, start_at: float
-) -> LoopResult:
+def run_closed_loop(sockets: list[socket.socket], payload_size: int, window: Window, start_at: float) -> LoopResult:
     ep = select.epoll()
     conns: dict[int, _Conn] = {}
     for cid, sock in enumerate(sockets):
