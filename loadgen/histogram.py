@@ -21,6 +21,12 @@ def record_us(hist: HdrHistogram, micros: int) -> None:
     hist.record_value(min(max(micros, LOWEST_US), HIGHEST_US))
 
 
+def record_counts(hist: HdrHistogram, counts: dict[int, int]) -> None:
+    """Record {microseconds: count} pairs, clamped to the histogram's range."""
+    for micros, count in counts.items():
+        hist.record_value(min(max(micros, LOWEST_US), HIGHEST_US), count)
+
+
 def encode(hist: HdrHistogram) -> str:
     return hist.encode().decode("ascii")
 
