@@ -56,6 +56,22 @@ def cmd_run(args: argparse.Namespace) -> int:
         pinning = parse_pinning(args.server_cpus, args.client_cpus) if args.server_cpus else default_pinning()
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    workload = args.workload
+    if workload == "open" and not args.find_max and (args.rate is None or args.rate <= 0):
+        raise UsageError("--workload open needs --rate R (requests per second in total, R > 0)")
+    if args.rate is not None and workload != "open":
+        raise UsageError("--rate applies to --workload open only")
+    slo_p99_us = None
+    if args.find_max:
+        from bench.find_max import parse_slo
+
+        if not args.slo:
+            raise UsageError("--find-max needs an objective, e.g. --slo p99=2ms")
+        slo_p99_us = parse_slo(args.slo)
+        if workload == "churn":
+            raise UsageError("--find-max searches an open-loop rate; it does not apply to --workload churn")
+    elif args.slo:
+        raise UsageError("--slo applies to --find-max only")
     config = RunConfig(
         models=models,
         connections=_int_list(args.connections, "--connections"),
@@ -67,6 +83,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         pinning=pinning,
         unavailable=unavailable,
         ready_timeout_s=_positive(args.ready_timeout, "--ready-timeout"),
+        workload=workload,
+        idle=_int_list(args.idle, "--idle", minimum=0),
+        rate=args.rate or 0.0,
+        server_workers=int(_positive(args.server_workers, "--server-workers")),
+        fork_cap=int(_positive(args.fork_cap, "--fork-cap")),
+        slo_p99_us=slo_p99_us,
     )
     # The harness itself runs beside the load workers, off the server's CPUs.
     os.sched_setaffinity(0, set(pinning.client))
@@ -147,6 +169,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--warmup", type=float, default=0.5, help="warm-up before the window, seconds (default 0.5)")
     run.add_argument("--repeats", type=int, default=1, help="how many times to run the whole sweep (default 1)")
     run.add_argument("--out", default=os.environ.get("BENCH_RESULTS", "results"), help="results directory")
+    load = run.add_argument_group("workload")
+    load.add_argument(
+        "--workload",
+        choices=["closed", "open", "churn"],
+        default="closed",
+        help="closed loop (default), open loop at --rate, or churn (connect, one request, close)",
+    )
+    load.add_argument("--rate", type=float, default=None, help="open loop: requests per second over all connections")
+    load.add_argument("--idle", default="0", help="silent connections held beside the active ones, a list (default 0)")
+    load.add_argument("--find-max", action="store_true", help="search the highest open-loop rate meeting --slo")
+    load.add_argument("--slo", default="", help="latency objective for --find-max, e.g. p99=2ms")
+    server = run.add_argument_group("server")
+    server.add_argument("--server-workers", type=int, default=1, help="SO_REUSEPORT processes (event-driven models)")
+    server.add_argument("--fork-cap", type=int, default=1000, help="live children the fork model may have")
     run.add_argument("--ready-timeout", type=float, default=15.0, help="seconds a server may take to listen")
     run.add_argument("--server-cpus", default="", help="CPUs for the server, e.g. 0 (default: first half)")
     run.add_argument("--client-cpus", default="", help="CPUs for the load workers (default: the rest)")

@@ -38,6 +38,18 @@ POINT_COLUMNS = [
     "server_fds",
     "server_processes",
     "server_exit_s",
+    # Issue 4: workloads, scale, saturation.
+    "idle",
+    "target_rate",
+    "achieved_rate",
+    "sent_rate",
+    "p50_uncorrected_us",
+    "p99_uncorrected_us",
+    "client_bound",
+    "server_cpu_pct",
+    "server_workers",
+    "max_rate",
+    "slo",
 ]
 
 STATUS_OK = "ok"

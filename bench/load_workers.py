@@ -15,6 +15,7 @@ from bench.pipes import MessageReader, deadline_in, remaining
 from bench.processes import spawn_python, terminate_tree
 from loadgen import control
 from loadgen.histogram import merge
+from loadgen.source_addresses import addresses_needed
 
 # A worker owns at most this many connections, well under RLIMIT_NOFILE (20000 here).
 MAX_CONNECTIONS_PER_WORKER = 15000
@@ -29,26 +30,41 @@ class ConnectPhase:
     notes: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class LoadPlan:
+    """What the load generator does at one point, in total over all its workers."""
+
+    workload: str
+    connections: int
+    payload: int
+    idle: int = 0
+    rate: float = 0.0
+
+
 @dataclass
 class LoadResult:
     requests: int
+    sent_in_window: int
     errors: Counter
     window_start: float
     window_end: float
     cpu_s: float
+    worker_cpu_s: list[float]
     live_connections: int
     histograms: list[str]
+    uncorrected: list[str]
+    connect_histograms: list[str]
 
     @property
     def duration_s(self) -> float:
         return max(0.0, self.window_end - self.window_start)
 
 
-def worker_count(connections: int, client_cpus: int) -> int:
-    by_fds = -(-connections // MAX_CONNECTIONS_PER_WORKER)
+def worker_count(plan: LoadPlan, client_cpus: int) -> int:
+    by_fds = -(-(plan.connections + plan.idle) // MAX_CONNECTIONS_PER_WORKER)
     # One worker per client CPU once there is enough work to share; never idle workers.
-    by_cpus = min(client_cpus, connections)
-    return max(1, by_fds, by_cpus if connections >= 100 else 1)
+    by_cpus = min(client_cpus, plan.connections)
+    return max(1, by_fds, by_cpus if plan.connections >= 100 else 1)
 
 
 def split(total: int, parts: int) -> list[int]:
@@ -57,24 +73,27 @@ def split(total: int, parts: int) -> list[int]:
 
 
 class LoadWorkers:
-    def __init__(self, host: str, port: int, connections: int, payload: int, cpus: tuple[int, ...], workers: int):
-        self.host, self.port, self.payload, self.cpus = host, port, payload, cpus
-        self.slices = [n for n in split(connections, workers) if n > 0]
+    def __init__(self, host: str, port: int, plan: LoadPlan, cpus: tuple[int, ...], workers: int):
+        self.host, self.port, self.plan, self.cpus = host, port, plan, cpus
+        workers = max(1, min(workers, plan.connections))
+        self.active = split(plan.connections, workers)
+        self.idle = split(plan.idle, workers)
         self.popens: list[subprocess.Popen] = []
         self.readers: list[MessageReader] = []
         self.errlogs: list[MessageReader] = []
 
     def start(self) -> None:
-        for wid, n in enumerate(self.slices):
-            args = ["--host", self.host, "--port", str(self.port), "--connections", str(n)]
-            args += [
-                "--payload",
-                str(self.payload),
-                "--worker-id",
-                str(wid),
-                "--cpus",
-                format_cpus(self.cpus),
-            ]
+        plan = self.plan
+        spread = addresses_needed(plan.connections + plan.idle)
+        first = 0
+        for wid, (active, idle) in enumerate(zip(self.active, self.idle, strict=True)):
+            args = ["--host", self.host, "--port", str(self.port), "--workload", plan.workload]
+            args += ["--connections", str(active), "--idle", str(idle), "--payload", str(plan.payload)]
+            args += ["--worker-id", str(wid), "--first-index", str(first), "--spread", str(spread)]
+            args += ["--cpus", format_cpus(self.cpus)]
+            if plan.rate:
+                args += ["--rate", repr(plan.rate * active / plan.connections)]
+            first += active + idle
             popen = spawn_python("loadgen", args)
             self.popens.append(popen)
             self.readers.append(MessageReader(popen.stdout, f"loadgen-{wid}"))
@@ -136,14 +155,19 @@ class LoadWorkers:
         errors: Counter = Counter()
         for m in messages:
             errors.update(m["errors"])
+        worker_cpu = [m["cpu_user_s"] + m["cpu_sys_s"] for m in messages]
         return LoadResult(
             requests=sum(m["requests"] for m in messages),
+            sent_in_window=sum(m["sent_in_window"] for m in messages),
             errors=errors,
             window_start=min(m["window_start"] for m in messages),
             window_end=max(m["window_end"] for m in messages),
-            cpu_s=sum(m["cpu_user_s"] + m["cpu_sys_s"] for m in messages),
+            cpu_s=sum(worker_cpu),
+            worker_cpu_s=worker_cpu,
             live_connections=sum(m["live_connections"] for m in messages),
             histograms=[m["histogram"] for m in messages],
+            uncorrected=[m["uncorrected"] for m in messages if m["uncorrected"]],
+            connect_histograms=[m["connect_histogram"] for m in messages],
         )
 
     def stop(self) -> None:

@@ -1,4 +1,4 @@
-"""One measured point: start the server, connect, warm up, measure a window, stop.
+"""One measured point: preflight, start the server, connect, warm up, measure a window, stop.
 
 Whatever happens, the point returns a row: a failure is data with a reason, not an
 exception that ends the sweep.
@@ -8,20 +8,23 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from bench.child import format_cpus
-from bench.columns import STATUS_FAILED, STATUS_OK
+from bench.columns import STATUS_FAILED, STATUS_OK, STATUS_SKIPPED
 from bench.cpus import Pinning
 from bench.errors import PointFailed
-from bench.load_workers import LoadResult, LoadWorkers, worker_count
+from bench.load_workers import LoadPlan, LoadResult, LoadWorkers, worker_count
+from bench.preflight import preflight
 from bench.sampler import TreeSampler, WindowUsage
 from bench.server_control import ServerUnderTest
 from loadgen.histogram import encode, merge, summarize
 
 SAMPLE_INTERVAL_S = 0.25
+# A worker busy this share of a CPU or more through the window was the limit, not the server.
+CLIENT_BOUND_SHARE = 0.9
 
 
 @dataclass(frozen=True)
@@ -31,10 +34,25 @@ class PointSpec:
     payload: int
     repeat: int
     workload: str = "closed"
+    idle: int = 0
+    rate: float = 0.0
+    server_workers: int = 1
+    fork_cap: int = 1000
 
     @property
     def point_id(self) -> str:
-        return f"{self.model}-{self.workload}-c{self.connections}-p{self.payload}-r{self.repeat}"
+        parts = [self.model, self.workload, f"c{self.connections}", f"p{self.payload}"]
+        if self.idle:
+            parts.append(f"i{self.idle}")
+        if self.rate:
+            parts.append(f"q{self.rate:g}")
+        if self.server_workers > 1:
+            parts.append(f"w{self.server_workers}")
+        return "-".join([*parts, f"r{self.repeat}"])
+
+    @property
+    def load_plan(self) -> LoadPlan:
+        return LoadPlan(self.workload, self.connections, self.payload, self.idle, self.rate)
 
 
 @dataclass(frozen=True)
@@ -44,9 +62,8 @@ class Timing:
     ready_timeout_s: float = 15.0
 
 
-def run_point(run_id: str, spec: PointSpec, timing: Timing, pinning: Pinning) -> tuple[dict, dict[str, str]]:
-    workers = worker_count(spec.connections, len(pinning.client))
-    row: dict[str, Any] = {
+def base_row(run_id: str, spec: PointSpec) -> dict[str, Any]:
+    return {
         "run_id": run_id,
         "point_id": spec.point_id,
         "model": spec.model,
@@ -54,20 +71,48 @@ def run_point(run_id: str, spec: PointSpec, timing: Timing, pinning: Pinning) ->
         "connections": spec.connections,
         "payload": spec.payload,
         "repeat": spec.repeat,
+        "idle": spec.idle,
+        "target_rate": spec.rate or None,
+        "server_workers": spec.server_workers,
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "client_workers": workers,
-        "server_cpus": format_cpus(pinning.server),
-        "client_cpus": format_cpus(pinning.client),
     }
+
+
+def unmeasured_row(run_id: str, spec: PointSpec, status: str, reason: str) -> dict[str, Any]:
+    return {**base_row(run_id, spec), "status": status, "reason": reason}
+
+
+def run_point(run_id: str, spec: PointSpec, timing: Timing, pinning: Pinning) -> tuple[dict, dict[str, str]]:
+    """Measure one point; when the load generator was the limit and more client CPUs are
+    free than it used, measure it again with more workers."""
+    workers = worker_count(spec.load_plan, len(pinning.client))
+    blocker = preflight(spec, workers)
+    if blocker:
+        return unmeasured_row(run_id, spec, STATUS_SKIPPED, blocker), {}
+    row, hists = _measure(run_id, spec, timing, pinning, workers)
+    more = min(len(pinning.client), spec.connections)
+    if row.get("client_bound") and workers < more:
+        row, hists = _measure(run_id, spec, timing, pinning, more)
+    return row, hists
+
+
+def _measure(
+    run_id: str, spec: PointSpec, timing: Timing, pinning: Pinning, workers: int
+) -> tuple[dict, dict[str, str]]:
+    row = base_row(run_id, spec)
+    row.update(client_workers=workers, server_cpus=format_cpus(pinning.server), client_cpus=format_cpus(pinning.client))
     histograms: dict[str, str] = {}
-    server = ServerUnderTest(spec.model, pinning.server)
+    extra = ["--fork-cap", str(spec.fork_cap)]
+    if spec.server_workers > 1:
+        extra += ["--workers", str(spec.server_workers)]
+    server = ServerUnderTest(spec.model, pinning.server, extra=extra)
     load: LoadWorkers | None = None
     try:
         server.start(timing.ready_timeout_s)
-        load = LoadWorkers(server.host, server.port, spec.connections, spec.payload, pinning.client, workers)
+        load = LoadWorkers(server.host, server.port, spec.load_plan, pinning.client, workers)
         load.start()
         # Generous: thousands of connects against a slow accept loop take seconds.
-        connect = load.wait_connected(timeout=30 + spec.connections / 200)
+        connect = load.wait_connected(timeout=30 + (spec.connections + spec.idle) / 200)
         row.update(connected=connect.connected, connect_s=connect.seconds)
         row["connect_errors"] = sum(connect.errors.values())
         histograms["connect"] = connect.histogram
@@ -77,13 +122,19 @@ def run_point(run_id: str, spec: PointSpec, timing: Timing, pinning: Pinning) ->
         usage = _watch_window(server, window)
         result = load.collect(timeout=max(window[1] - time.monotonic(), 0) + 15)
         histograms["latency"] = encode(merge(result.histograms))
-        _fill_measurements(row, spec, result, usage, connect.errors)
+        if result.uncorrected:
+            histograms["latency_uncorrected"] = encode(merge(result.uncorrected))
+        if spec.workload == "churn":
+            histograms["connect"] = encode(merge(result.connect_histograms))
+        _fill_measurements(row, spec, result, usage, connect.errors, len(pinning.server))
         if (reason := server.failure()) is not None:
             raise PointFailed(reason)
-        if connect.connected < spec.connections:
+        expected = 0 if spec.workload == "churn" else spec.connections + spec.idle
+        if connect.connected < expected:
+            notes = "; ".join(connect.notes)
             raise PointFailed(
-                f"only {connect.connected} of {spec.connections} connections opened "
-                f"({_kinds(connect.errors)}{'; ' + '; '.join(connect.notes) if connect.notes else ''})"
+                f"only {connect.connected} of {expected} connections opened "
+                f"({_kinds(connect.errors)}{'; ' + notes if notes else ''})"
             )
         if result.requests == 0:
             raise PointFailed(f"no request completed in the window ({_kinds(result.errors) or 'no errors'})")
@@ -91,6 +142,8 @@ def run_point(run_id: str, spec: PointSpec, timing: Timing, pinning: Pinning) ->
         notes = [*server.warnings]
         if row["errors"]:
             notes.append(f"{row['errors']} errors: {row['error_kinds']}")
+        if row["client_bound"]:
+            notes.append("client-bound: the load generator used a whole CPU")
         row["reason"] = "; ".join(notes)
     except PointFailed as exc:
         row["status"] = STATUS_FAILED
@@ -124,7 +177,12 @@ def _sleep_until(when: float) -> None:
 
 
 def _fill_measurements(
-    row: dict, spec: PointSpec, result: LoadResult, usage: WindowUsage | None, connect_errors: Counter
+    row: dict,
+    spec: PointSpec,
+    result: LoadResult,
+    usage: WindowUsage | None,
+    connect_errors: Counter,
+    server_cpus: int,
 ) -> None:
     errors = Counter(connect_errors)
     errors.update(result.errors)
@@ -133,18 +191,30 @@ def _fill_measurements(
     row["errors"] = sum(errors.values())
     row["error_kinds"] = _kinds(errors)
     row["duration_s"] = duration
-    row["rps"] = result.requests / duration if duration > 0 else None
-    row["mbps"] = result.requests * spec.payload / duration / 1e6 if duration > 0 else None
+    if duration <= 0:
+        return
+    row["rps"] = result.requests / duration
+    row["mbps"] = result.requests * spec.payload / duration / 1e6
     row.update(summarize(merge(result.histograms)))
-    row["client_cpu_pct"] = 100.0 * result.cpu_s / duration if duration > 0 else None
+    if spec.rate:
+        row["achieved_rate"] = row["rps"]
+        row["sent_rate"] = result.sent_in_window / duration
+        uncorrected = summarize(merge(result.uncorrected))
+        row["p50_uncorrected_us"] = uncorrected["p50_us"]
+        row["p99_uncorrected_us"] = uncorrected["p99_us"]
+    row["client_cpu_pct"] = 100.0 * result.cpu_s / duration
+    row["client_bound"] = any(cpu / duration >= CLIENT_BOUND_SHARE for cpu in result.worker_cpu_s)
     if usage is not None:
         row["server_cpu_user_s"] = usage.cpu_user_s
         row["server_cpu_sys_s"] = usage.cpu_sys_s
+        server_cpu = usage.cpu_user_s + usage.cpu_sys_s
+        if usage.seconds > 0:
+            row["server_cpu_pct"] = 100.0 * server_cpu / usage.seconds / max(server_cpus, 1)
         if result.requests:
             # Server CPU is bracketed by the harness's samples, requests by the workers' clocks:
             # scale the CPU to the workers' window so the ratio compares like with like.
             scale = duration / usage.seconds if usage.seconds > 0 else 1.0
-            row["cpu_us_per_req"] = (usage.cpu_user_s + usage.cpu_sys_s) * scale * 1e6 / result.requests
+            row["cpu_us_per_req"] = server_cpu * scale * 1e6 / result.requests
         row["server_rss_bytes"] = usage.peak_rss_bytes
         row["server_threads"] = usage.peak_threads
         row["server_fds"] = usage.peak_fds
@@ -155,16 +225,5 @@ def _kinds(errors: Counter) -> str:
     return " ".join(f"{k}={v}" for k, v in sorted(errors.items()) if v)
 
 
-def unmeasured_row(run_id: str, spec: PointSpec, status: str, reason: str) -> dict[str, Any]:
-    return {
-        "run_id": run_id,
-        "point_id": spec.point_id,
-        "model": spec.model,
-        "workload": spec.workload,
-        "connections": spec.connections,
-        "payload": spec.payload,
-        "repeat": spec.repeat,
-        "status": status,
-        "reason": reason,
-        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
+def with_rate(spec: PointSpec, rate: float) -> PointSpec:
+    return replace(spec, workload="open", rate=rate)

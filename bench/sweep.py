@@ -11,6 +11,7 @@ from pathlib import Path
 
 from bench.columns import STATUS_SKIPPED
 from bench.cpus import Pinning
+from bench.find_max import find_max_rate
 from bench.host import describe_host
 from bench.point import PointSpec, Timing, run_point, unmeasured_row
 from bench.results_store import RunDirectory, new_run_id
@@ -30,6 +31,11 @@ class RunConfig:
     workload: str = "closed"
     ready_timeout_s: float = 15.0
     unavailable: dict[str, str] = field(default_factory=dict)
+    idle: list[int] = field(default_factory=lambda: [0])
+    rate: float = 0.0
+    server_workers: int = 1
+    fork_cap: int = 1000
+    slo_p99_us: float | None = None
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -46,8 +52,22 @@ def plan(config: RunConfig) -> list[PointSpec]:
         shift = repeat % len(config.models)
         models = config.models[shift:] + config.models[:shift]
         for connections in config.connections:
-            for model in models:
-                specs.append(PointSpec(model, connections, config.payload, repeat, config.workload))
+            for idle in config.idle:
+                workload = "idle" if idle and config.workload == "closed" else config.workload
+                for model in models:
+                    specs.append(
+                        PointSpec(
+                            model,
+                            connections,
+                            config.payload,
+                            repeat,
+                            workload,
+                            idle=idle,
+                            rate=config.rate if config.workload == "open" else 0.0,
+                            server_workers=config.server_workers,
+                            fork_cap=config.fork_cap,
+                        )
+                    )
     return specs
 
 
@@ -73,19 +93,18 @@ def run_sweep(config: RunConfig, on_point: Callable[[dict, Path], None] | None =
     run_dir.write_run(meta)
     try:
         for spec in specs:
+            timing = Timing(config.duration_s, config.warmup_s, config.ready_timeout_s)
             if spec.model in config.unavailable:
                 reason = f"unavailable here: {config.unavailable[spec.model]}"
-                row, hists = unmeasured_row(run_id, spec, STATUS_SKIPPED, reason), {}
+                results = [(unmeasured_row(run_id, spec, STATUS_SKIPPED, reason), {})]
+            elif config.slo_p99_us is not None:
+                results = find_max_rate(run_id, spec, timing, config.pinning, config.slo_p99_us)
             else:
-                row, hists = run_point(
-                    run_id,
-                    spec,
-                    Timing(config.duration_s, config.warmup_s, config.ready_timeout_s),
-                    config.pinning,
-                )
-            run_dir.append_point(row, hists)
-            if on_point is not None:
-                on_point(row, run_dir.path)
+                results = [run_point(run_id, spec, timing, config.pinning)]
+            for row, hists in results:
+                run_dir.append_point(row, hists)
+                if on_point is not None:
+                    on_point(row, run_dir.path)
         meta["status"] = "complete"
     except KeyboardInterrupt:
         meta["status"] = "interrupted"

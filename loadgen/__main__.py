@@ -1,4 +1,4 @@
-"""`python -m loadgen --host H --port P --connections N --payload BYTES`: one load worker.
+"""`python -m loadgen --host H --port P --connections N [--workload closed|open|churn]`: one worker.
 
 Speaks the protocol of loadgen.control on stdin/stdout; the harness (bench) is its manager.
 """
@@ -10,18 +10,26 @@ import sys
 
 from bench.child import die_with_parent, parse_cpus, pin_to_cpus
 from loadgen import control
-from loadgen.closed_loop import Window, run_closed_loop
-from loadgen.connect import open_connections
-from loadgen.histogram import encode
+from loadgen.churn import run_churn
+from loadgen.connect import ConnectResult, open_connections
+from loadgen.histogram import encode, new_histogram
+from loadgen.request_loop import Window, run_request_loop
+
+WORKLOADS = ("closed", "open", "idle", "churn")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadgen", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--connections", type=int, required=True)
+    parser.add_argument("--connections", type=int, required=True, help="active connections (churn: concurrency)")
+    parser.add_argument("--workload", choices=WORKLOADS, default="closed")
     parser.add_argument("--payload", type=int, default=64)
+    parser.add_argument("--rate", type=float, default=0.0, help="open loop: this worker's requests per second")
+    parser.add_argument("--idle", type=int, default=0, help="silent connections held open beside the active ones")
     parser.add_argument("--worker-id", type=int, default=0)
+    parser.add_argument("--first-index", type=int, default=0, help="index of this worker's first connection")
+    parser.add_argument("--spread", type=int, default=1, help="source addresses the point's connections use")
     parser.add_argument("--connect-timeout", type=float, default=5.0)
     parser.add_argument("--cpus", default="", help="pin to these CPUs, e.g. 1")
     parser.add_argument("--die-with-parent", action="store_true")
@@ -30,7 +38,11 @@ def main(argv: list[str] | None = None) -> int:
         die_with_parent()
     pin_to_cpus(parse_cpus(args.cpus))
 
-    conn = open_connections(args.host, args.port, args.connections, timeout_s=args.connect_timeout)
+    churn = args.workload == "churn"
+    wanted = 0 if churn else args.connections + args.idle
+    conn = open_connections(
+        args.host, args.port, wanted, timeout_s=args.connect_timeout, first_index=args.first_index, spread=args.spread
+    )
     control.send(
         {
             "event": "connected",
@@ -42,19 +54,24 @@ def main(argv: list[str] | None = None) -> int:
             "notes": conn.notes,
         }
     )
-    line = sys.stdin.readline()
-    schedule = control.parse(line)
+    schedule = control.parse(sys.stdin.readline())
     if schedule is None or schedule["event"] != "schedule":
-        for sock in conn.sockets:
-            sock.close()
+        _close(conn)
         return 1
     window = Window(schedule["window_start"], schedule["window_end"])
-    result = run_closed_loop(conn.sockets, args.payload, window, schedule["start_at"])
+    if churn:
+        start_at = schedule["start_at"]
+        result = run_churn(args.host, args.port, args.connections, args.payload, window, start_at, args.worker_id)
+    else:
+        active, idle = conn.sockets[: args.connections], conn.sockets[args.connections :]
+        rate = args.rate if args.workload == "open" else None
+        result = run_request_loop(active, args.payload, window, schedule["start_at"], rate=rate, idle=idle)
     control.send(
         {
             "event": "result",
             "worker": args.worker_id,
             "requests": result.requests,
+            "sent_in_window": result.sent_in_window,
             "errors": dict(result.errors),
             "window_start": result.window_start,
             "window_end": result.window_end,
@@ -62,9 +79,16 @@ def main(argv: list[str] | None = None) -> int:
             "cpu_sys_s": result.cpu_sys_s,
             "live_connections": result.live_connections,
             "histogram": encode(result.histogram),
+            "uncorrected": encode(result.uncorrected) if result.uncorrected is not None else "",
+            "connect_histogram": encode(result.connect_histogram or new_histogram()),
         }
     )
     return 0
+
+
+def _close(conn: ConnectResult) -> None:
+    for sock in conn.sockets:
+        sock.close()
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from hdrh.histogram import HdrHistogram
 
 from loadgen import errors
 from loadgen.histogram import new_histogram, record_us
+from loadgen.source_addresses import bind_source, source_address
 
 
 @dataclass
@@ -32,8 +33,11 @@ def open_connections(
     in_flight: int = 256,
     timeout_s: float = 5.0,
     deadline: float | None = None,
+    first_index: int = 0,
+    spread: int = 1,
 ) -> ConnectResult:
-    """Connect `count` sockets; failures are counted by kind, never raised."""
+    """Connect `count` sockets; failures are counted by kind, never raised. Connection i of
+    the point (first_index + local index) takes its source address from `spread` addresses."""
     started = time.monotonic()
     hist = new_histogram()
     errs: Counter = Counter()
@@ -60,6 +64,13 @@ def open_connections(
                     break
                 sock.setblocking(False)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                try:
+                    bind_source(sock, source_address(first_index + launched - 1, spread))
+                except OSError as exc:
+                    sock.close()
+                    errs[errors.CONNECT_OTHER] += 1
+                    notes.append(f"bind(): {exc.strerror}")
+                    continue
                 code = sock.connect_ex((host, port))
                 if code not in (0, errno.EINPROGRESS):
                     sock.close()
@@ -88,4 +99,4 @@ def open_connections(
         for sock, _t0 in pending.values():
             sock.close()
         ep.close()
-    return ConnectResult(done, errs, hist, time.monotonic() - started, launched, notes)
+    return ConnectResult(done, errs, hist, time.monotonic() - started, launched, list(dict.fromkeys(notes)))

@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -39,20 +40,26 @@ class EchoServer(abc.ABC):
     name: ClassVar[str]
     category: ClassVar[str]
     mechanism: ClassVar[str]
+    # Event-driven models can run as N processes, each with its own SO_REUSEPORT listener, so
+    # that one server holds more connections than one process's descriptor limit allows.
+    supports_workers: ClassVar[bool] = False
 
     def __init__(self, options: ServerOptions) -> None:
         self.options = options
         self.listener: socket.socket | None = None
+        self.worker_pids: list[int] = []
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
         """Why this model cannot run on this host, or None when it can."""
         return None
 
-    def open_listener(self) -> socket.socket:
+    def open_listener(self, port: int | None = None, reuse_port: bool = False) -> socket.socket:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.options.host, self.options.port))
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((self.options.host, self.options.port if port is None else port))
         sock.listen(self.options.backlog)
         return sock
 
@@ -67,9 +74,21 @@ class EchoServer(abc.ABC):
     def run(self) -> int:
         _install_shutdown_handlers()
         try:
-            self.listener = self.open_listener()
+            workers = self.options.workers
+            if workers > 1 and not self.supports_workers:
+                raise ServerFailure(f"{self.name} cannot run as several workers (only event-driven models can)")
+            self.listener = self.open_listener(reuse_port=workers > 1)
             host, port = self.listener.getsockname()[:2]
-            emit({"event": "ready", "model": self.name, "pid": os.getpid(), "host": host, "port": port})
+            # Every listener exists before the ready line, so no connection can race a worker.
+            extra = [self.open_listener(port, reuse_port=True) for _ in range(workers - 1)]
+            for listener in extra:
+                self._fork_worker(listener, extra)
+            for listener in extra:
+                listener.close()
+            ready = {"event": "ready", "model": self.name, "pid": os.getpid(), "host": host, "port": port}
+            if workers > 1:
+                ready.update(workers=workers, worker_pids=self.worker_pids)
+            emit(ready)
             self.serve(self.listener)
         except ServerShutdown:
             return 0
@@ -84,7 +103,57 @@ class EchoServer(abc.ABC):
             self.close()
             if self.listener is not None:
                 self.listener.close()
+            self._stop_workers()
         return 0
+
+    def _fork_worker(self, listener: socket.socket, all_extra: list[socket.socket]) -> None:
+        pid = os.fork()
+        if pid:
+            self.worker_pids.append(pid)
+            return
+        from bench.child import die_with_parent
+
+        die_with_parent()
+        self.worker_pids = []
+        for other in all_extra:
+            if other is not listener:
+                other.close()
+        self.listener.close()
+        self.listener = listener
+        code = 0
+        try:
+            self.serve(listener)
+        except ServerShutdown:
+            pass
+        except Exception as exc:  # noqa: BLE001 - reported like the main process's failures
+            emit({"event": "fatal", "model": self.name, "reason": f"worker {os.getpid()}: {type(exc).__name__}: {exc}"})
+            code = 3
+        finally:
+            _ignore_shutdown_signals()
+            self.close()
+        os._exit(code)
+
+    def _stop_workers(self, grace_s: float = 0.8) -> None:
+        for pid in self.worker_pids:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace_s
+        for pid in self.worker_pids:
+            while True:
+                try:
+                    done, _status = os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    break
+                if done:
+                    break
+                if time.monotonic() > deadline:
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                    break
+                time.sleep(0.005)
+        self.worker_pids = []
 
 
 def emit(message: dict) -> None:

@@ -15,6 +15,7 @@ MAX_EVENTS = 4096
 class EpollServer(EchoServer):
     name = "epoll"
     category = "I/O multiplexing"
+    supports_workers = True
     mechanism = "select.epoll, level-triggered; epoll_wait returns only the ready descriptors"
 
     def serve(self, listener: socket.socket) -> None:

@@ -14,6 +14,7 @@ _IN, _OUT, _ERR = select.POLLIN, select.POLLOUT, select.POLLERR | select.POLLHUP
 class PollServer(EchoServer):
     name = "poll"
     category = "I/O multiplexing"
+    supports_workers = True
     mechanism = "select.poll; the kernel scans every registered descriptor on each call"
 
     def serve(self, listener: socket.socket) -> None:

@@ -1,12 +1,18 @@
-"""Closed loop: every connection sends a payload, waits for the whole echo, verifies it, repeats.
+"""Request loops on open connections: closed loop, and open loop at a fixed rate.
 
-One epoll loop drives all of this worker's connections. Only requests that complete inside
-the measured window are counted, and the window's length is what the clock measured, not
-what was planned.
+Closed loop: every connection sends a payload, waits for the whole echo, verifies it, repeats.
+Open loop (as wrk2 does it): every connection has a fixed schedule of intended send times;
+latency is measured from the *intended* time, so a server that stalls is charged for the
+requests it delayed (coordinated omission corrected); the service time from the actual send
+is kept beside it. Idle connections are held open, silent, and watched for unexpected closes.
+
+One epoll loop drives all of this worker's connections. Only requests that complete inside the
+measured window are counted, and the window's length is what the clock measured.
 """
 
 from __future__ import annotations
 
+import heapq
 import resource
 import select
 import socket
@@ -23,6 +29,7 @@ from loadgen.histogram import new_histogram, record_counts
 RECV_SIZE = 262144
 # A request that waits this long for its echo is counted as timed out and its connection closed.
 REQUEST_TIMEOUT_S = 2.0
+_IN, _OUT, _GONE = select.EPOLLIN, select.EPOLLOUT, select.EPOLLERR | select.EPOLLHUP | select.EPOLLRDHUP
 
 
 def make_payload(size: int, conn_id: int, seq: int) -> bytes:
@@ -42,15 +49,18 @@ class LoopResult:
     requests: int
     errors: Counter
     histogram: HdrHistogram
+    uncorrected: HdrHistogram | None
     window_start: float
     window_end: float
     cpu_user_s: float
     cpu_sys_s: float
     live_connections: int
+    sent_in_window: int
+    connect_histogram: HdrHistogram | None = None
 
 
 class _Conn:
-    __slots__ = ("sock", "fd", "cid", "seq", "payload", "sent", "received", "t_send", "writing")
+    __slots__ = ("sock", "fd", "cid", "seq", "payload", "sent", "received", "t_send", "t_intended", "writing")
 
     def __init__(self, sock: socket.socket, cid: int) -> None:
         self.sock = sock
@@ -61,23 +71,40 @@ class _Conn:
         self.sent = 0
         self.received = bytearray()
         self.t_send = 0.0
+        self.t_intended = 0.0
         self.writing = False
 
 
-def run_closed_loop(sockets: list[socket.socket], payload_size: int, window: Window, start_at: float) -> LoopResult:
+def run_request_loop(
+    sockets: list[socket.socket],
+    payload_size: int,
+    window: Window,
+    start_at: float,
+    rate: float | None = None,
+    idle: list[socket.socket] | None = None,
+) -> LoopResult:
+    """Drive `sockets` (closed loop, or open loop at `rate` req/s over all of them) while
+    holding `idle` open; return what completed inside `window`."""
     ep = select.epoll()
     conns: dict[int, _Conn] = {}
     for cid, sock in enumerate(sockets):
         sock.setblocking(False)
         conn = _Conn(sock, cid)
         conns[conn.fd] = conn
-        ep.register(conn.fd, select.EPOLLIN)
+        ep.register(conn.fd, _IN)
+    idle_socks = {s.fileno(): s for s in idle or ()}
+    for fd in idle_socks:
+        ep.register(fd, _IN | select.EPOLLRDHUP)
     # Microseconds -> count; folded into the HdrHistogram once at the end, because recording
     # into it per request costs more than the rest of the client's Python work per request.
-    latency_counts: Counter = Counter()
+    corrected: Counter = Counter()
+    uncorrected: Counter = Counter()
     errs: Counter = Counter()
-    requests = 0
+    requests = sent_in_window = 0
     clock = time.monotonic
+    # Open loop: each connection sends every `interval` seconds, staggered across connections.
+    interval = len(sockets) / rate if rate else 0.0
+    due: list[tuple[float, int]] = []  # (intended send time, fd) of connections waiting for their turn
 
     def fail(conn: _Conn, kind: str) -> None:
         errs[kind] += 1
@@ -85,12 +112,16 @@ def run_closed_loop(sockets: list[socket.socket], payload_size: int, window: Win
         del conns[conn.fd]
         conn.sock.close()
 
-    def send_next(conn: _Conn) -> None:
+    def send_next(conn: _Conn, intended: float) -> None:
+        nonlocal sent_in_window
         conn.seq += 1
         conn.payload = make_payload(payload_size, conn.cid, conn.seq)
         conn.sent = 0
         conn.received.clear()
+        conn.t_intended = intended
         conn.t_send = clock()
+        if window.start <= conn.t_send < window.end:
+            sent_in_window += 1
         push(conn)
 
     def push(conn: _Conn) -> None:
@@ -104,39 +135,57 @@ def run_closed_loop(sockets: list[socket.socket], payload_size: int, window: Win
         want_write = conn.sent < len(conn.payload)
         if want_write != conn.writing:
             conn.writing = want_write
-            ep.modify(conn.fd, select.EPOLLIN | (select.EPOLLOUT if want_write else 0))
+            ep.modify(conn.fd, _IN | (_OUT if want_write else 0))
 
     def expire_stuck(now: float) -> None:
-        for conn in [c for c in conns.values() if now - c.t_send > REQUEST_TIMEOUT_S]:
+        for conn in [c for c in conns.values() if c.fd not in waiting and now - c.t_send > REQUEST_TIMEOUT_S]:
             fail(conn, errors.TIMEOUT)
 
+    waiting: set[int] = set()
     _wait_until(start_at)
-    for conn in list(conns.values()):
-        send_next(conn)
+    first = clock()
+    for i, conn in enumerate(list(conns.values())):
+        if rate:
+            heapq.heappush(due, (first + interval * i / len(sockets), conn.fd))
+            waiting.add(conn.fd)
+        else:
+            send_next(conn, first)
 
     usage_start = None
-    measured_start = measured_end = None
+    measured_start = None
     last_timeout_scan = clock()
     try:
         while conns:
             now = clock()
+            while due and due[0][0] <= now:
+                intended, fd = heapq.heappop(due)
+                waiting.discard(fd)
+                if fd in conns:
+                    send_next(conns[fd], intended)
             if measured_start is None and now >= window.start:
                 measured_start = now
                 usage_start = resource.getrusage(resource.RUSAGE_SELF)
             if now >= window.end:
                 break
-            timeout = max(0.0, min(window.end - now, 0.1))
+            timeout = min(window.end - now, 0.1)
             if measured_start is None:
-                timeout = max(0.0, min(window.start - now, timeout))
-            for fd, ev in ep.poll(timeout):
+                timeout = min(window.start - now, timeout)
+            if due:
+                timeout = min(due[0][0] - now, timeout)
+            for fd, ev in ep.poll(max(timeout, 0.0)):
                 conn = conns.get(fd)
                 if conn is None:
+                    if fd in idle_socks:
+                        # An idle connection the server closed or reset: it no longer counts.
+                        ep.unregister(fd)
+                        idle_socks.pop(fd).close()
+                        errs[errors.RESET if ev & select.EPOLLERR else errors.SHORT_READ] += 1
                     continue
-                if ev & select.EPOLLOUT and conn.writing:
+                if ev & _OUT and conn.writing:
                     push(conn)
                     if fd not in conns:
                         continue
-                if not ev & (select.EPOLLIN | select.EPOLLERR | select.EPOLLHUP):
+                if not ev & (_IN | _GONE):
                     continue
                 try:
                     data = conn.sock.recv(RECV_SIZE)
@@ -157,8 +206,19 @@ def run_closed_loop(sockets: list[socket.socket], payload_size: int, window: Win
                 done = clock()
                 if measured_start is not None and done < window.end:
                     requests += 1
-                    latency_counts[int((done - conn.t_send) * 1e6)] += 1
-                send_next(conn)
+                    corrected[int((done - conn.t_intended) * 1e6)] += 1
+                    if rate:
+                        uncorrected[int((done - conn.t_send) * 1e6)] += 1
+                if rate:
+                    # The next send keeps its place on the schedule even when this one was late.
+                    intended = conn.t_intended + interval
+                    if intended <= done:
+                        send_next(conn, intended)
+                    else:
+                        heapq.heappush(due, (intended, fd))
+                        waiting.add(fd)
+                else:
+                    send_next(conn, done)
             now = clock()
             if now - last_timeout_scan > 0.25:
                 last_timeout_scan = now
@@ -170,9 +230,9 @@ def run_closed_loop(sockets: list[socket.socket], payload_size: int, window: Win
         live = len(conns)
         for conn in conns.values():
             conn.sock.close()
+        for sock in idle_socks.values():
+            sock.close()
         ep.close()
-    hist = new_histogram()
-    record_counts(hist, latency_counts)
     if measured_start is None:
         # Every connection died before the window opened: nothing was measured.
         measured_start = measured_end
@@ -180,13 +240,21 @@ def run_closed_loop(sockets: list[socket.socket], payload_size: int, window: Win
     return LoopResult(
         requests=requests,
         errors=errs,
-        histogram=hist,
+        histogram=_histogram(corrected),
+        uncorrected=_histogram(uncorrected) if rate else None,
         window_start=measured_start,
         window_end=min(measured_end, max(window.end, measured_start)),
         cpu_user_s=usage_end.ru_utime - usage_start.ru_utime,
         cpu_sys_s=usage_end.ru_stime - usage_start.ru_stime,
         live_connections=live,
+        sent_in_window=sent_in_window,
     )
+
+
+def _histogram(counts: Counter) -> HdrHistogram:
+    hist = new_histogram()
+    record_counts(hist, counts)
+    return hist
 
 
 def _wait_until(when: float) -> None:

@@ -1,0 +1,175 @@
+"""Churn: each of N concurrent slots connects, sends one request, verifies the echo, closes,
+and starts again. What it measures is the cost of accept() and connection set-up in each model.
+
+Latency is the whole cycle, connect() to verified echo; the connect time alone goes in a
+second histogram. Source addresses rotate so TIME_WAIT ports do not run out.
+"""
+
+from __future__ import annotations
+
+import errno
+import resource
+import select
+import socket
+import time
+from collections import Counter
+
+from loadgen import errors
+from loadgen.histogram import new_histogram, record_counts
+from loadgen.request_loop import RECV_SIZE, REQUEST_TIMEOUT_S, LoopResult, Window, _wait_until, make_payload
+from loadgen.source_addresses import bind_source, source_address
+
+# Source addresses churn rotates through: ports of closed connections sit in TIME_WAIT for a
+# minute, so a few thousand cycles per second need several addresses' worth of ports.
+CHURN_ADDRESSES = 32
+_IN, _OUT = select.EPOLLIN, select.EPOLLOUT
+
+
+class _Slot:
+    __slots__ = ("sock", "payload", "received", "t_start", "t_connected", "connecting")
+
+
+def run_churn(
+    host: str, port: int, concurrency: int, payload_size: int, window: Window, start_at: float, worker_id: int = 0
+) -> LoopResult:
+    ep = select.epoll()
+    slots: dict[int, _Slot] = {}
+    cycle_us: Counter = Counter()
+    connect_us: Counter = Counter()
+    errs: Counter = Counter()
+    clock = time.monotonic
+    cycles = 0
+    started = 0
+
+    def begin() -> None:
+        nonlocal started
+        slot = _Slot()
+        started += 1
+        try:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        except OSError:
+            errs[errors.CONNECT_OTHER] += 1
+            return
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            bind_source(sock, source_address(worker_id * 7919 + started, CHURN_ADDRESSES))
+        except OSError:
+            sock.close()
+            errs[errors.CONNECT_OTHER] += 1
+            return
+        slot.sock = sock
+        slot.payload = make_payload(payload_size, worker_id, started)
+        slot.received = bytearray()
+        slot.connecting = True
+        slot.t_start = clock()
+        code = sock.connect_ex((host, port))
+        if code not in (0, errno.EINPROGRESS):
+            sock.close()
+            errs[errors.connect_error_kind(code)] += 1
+            return
+        slots[sock.fileno()] = slot
+        ep.register(sock.fileno(), _OUT)
+
+    def finish(fd: int, kind: str | None) -> None:
+        slot = slots.pop(fd)
+        ep.unregister(fd)
+        slot.sock.close()
+        if kind:
+            errs[kind] += 1
+
+    _wait_until(start_at)
+    for _ in range(concurrency):
+        begin()
+    measured_start = None
+    usage_start = None
+    last_timeout_scan = clock()
+    try:
+        while True:
+            now = clock()
+            if measured_start is None and now >= window.start:
+                measured_start, usage_start = now, resource.getrusage(resource.RUSAGE_SELF)
+            if now >= window.end:
+                break
+            timeout = min(window.end - now, 0.1)
+            if measured_start is None:
+                timeout = min(window.start - now, timeout)
+            for fd, _ev in ep.poll(max(timeout, 0.0)):
+                slot = slots.get(fd)
+                if slot is None:
+                    continue
+                if slot.connecting:
+                    code = slot.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                    if code:
+                        finish(fd, errors.connect_error_kind(code))
+                        begin()
+                        continue
+                    slot.connecting = False
+                    slot.t_connected = clock()
+                    try:
+                        sent = slot.sock.send(slot.payload)
+                    except OSError:
+                        finish(fd, errors.RESET)
+                        begin()
+                        continue
+                    # One small request: a short send here would mean a payload beyond the
+                    # socket buffer, which churn does not use.
+                    if sent < len(slot.payload):
+                        finish(fd, errors.SHORT_READ)
+                        begin()
+                        continue
+                    ep.modify(fd, _IN)
+                    continue
+                try:
+                    data = slot.sock.recv(RECV_SIZE)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    finish(fd, errors.RESET)
+                    begin()
+                    continue
+                if not data:
+                    finish(fd, errors.SHORT_READ)
+                    begin()
+                    continue
+                slot.received += data
+                if len(slot.received) < len(slot.payload):
+                    continue
+                kind = None if slot.received == slot.payload else errors.MISMATCH
+                done = clock()
+                if kind is None and measured_start is not None and done < window.end:
+                    cycles += 1
+                    cycle_us[int((done - slot.t_start) * 1e6)] += 1
+                    connect_us[int((slot.t_connected - slot.t_start) * 1e6)] += 1
+                finish(fd, kind)
+                begin()
+            now = clock()
+            if now - last_timeout_scan > 0.25:
+                last_timeout_scan = now
+                for fd in [fd for fd, s in slots.items() if now - s.t_start > REQUEST_TIMEOUT_S]:
+                    finish(fd, errors.CONNECT_TIMEOUT if slots[fd].connecting else errors.TIMEOUT)
+                    begin()
+    finally:
+        measured_end = clock()
+        usage_end = resource.getrusage(resource.RUSAGE_SELF)
+        for slot in slots.values():
+            slot.sock.close()
+        ep.close()
+    if measured_start is None:
+        measured_start, usage_start = measured_end, usage_end
+    hist, connect_hist = new_histogram(), new_histogram()
+    record_counts(hist, cycle_us)
+    record_counts(connect_hist, connect_us)
+    return LoopResult(
+        requests=cycles,
+        errors=errs,
+        histogram=hist,
+        uncorrected=None,
+        window_start=measured_start,
+        window_end=min(measured_end, max(window.end, measured_start)),
+        cpu_user_s=usage_end.ru_utime - usage_start.ru_utime,
+        cpu_sys_s=usage_end.ru_stime - usage_start.ru_stime,
+        live_connections=0,
+        sent_in_window=cycles,
+        connect_histogram=connect_hist,
+    )
