@@ -28,7 +28,7 @@ class NeverReadyServer(EchoServer):
     category = "test"
     mechanism = "blocks forever before listen()"
 
-    def open_listener(self) -> socket.socket:
+    def open_listener(self, port: int | None = None, reuse_port: bool = False) -> socket.socket:
         threading.Event().wait()
         raise AssertionError("unreachable")
 
