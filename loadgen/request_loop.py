@@ -126,7 +126,8 @@ def run_request_loop(
 
     def push(conn: _Conn) -> None:
         try:
-            conn.sent += conn.sock.send(memoryview(conn.payload)[conn.sent :])
+            # Small payloads go in one send; only a partial write needs the slice.
+            conn.sent += conn.sock.send(memoryview(conn.payload)[conn.sent :] if conn.sent else conn.payload)
         except BlockingIOError:
             pass
         except (ConnectionResetError, BrokenPipeError):
@@ -197,10 +198,13 @@ def run_request_loop(
                 if not data:
                     fail(conn, errors.SHORT_READ)
                     continue
-                conn.received += data
-                if len(conn.received) < len(conn.payload):
-                    continue
-                if conn.received != conn.payload:
+                if conn.received or len(data) != len(conn.payload):
+                    conn.received += data
+                    if len(conn.received) < len(conn.payload):
+                        continue
+                    data = conn.received
+                # The whole echo, byte for byte: length and content (connection id, sequence).
+                if data != conn.payload:
                     fail(conn, errors.MISMATCH)
                     continue
                 done = clock()

@@ -1,0 +1,130 @@
+"""Workloads, scale controls and preflight, through the real `bench run` CLI."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+from bench_cli import only_run_dir, read_points, run_bench
+
+from loadgen.connect import open_connections
+from loadgen.source_addresses import PER_ADDRESS, addresses_needed, source_address
+
+
+def _run(tmp_path, *args: str, timeout: float = 120) -> list[dict[str, str]]:
+    proc = run_bench("run", "--duration", "0.6", "--warmup", "0.2", "--out", str(tmp_path), *args, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr
+    return read_points(only_run_dir(tmp_path))
+
+
+@pytest.mark.timeout(120)
+def test_open_loop_reaches_its_rate_and_keeps_both_latencies(tmp_path):
+    (row,) = _run(tmp_path, "--models", "epoll", "--connections", "20", "--workload", "open", "--rate", "2000")
+    assert row["status"] == "ok", row
+    assert row["workload"] == "open"
+    assert float(row["target_rate"]) == 2000
+    assert float(row["achieved_rate"]) == pytest.approx(2000, rel=0.05)
+    # Corrected latency counts from the intended send time, so it can only be longer.
+    assert 0 < float(row["p50_uncorrected_us"]) <= float(row["p50_us"])
+    assert 0 < float(row["p99_uncorrected_us"]) <= float(row["p99_us"])
+
+
+@pytest.mark.timeout(120)
+def test_idle_connections_are_held_beside_the_active_ones(tmp_path):
+    rows = _run(tmp_path, "--models", "poll", "--connections", "10", "--idle", "0,300")
+    by_idle = {int(r["idle"]): r for r in rows}
+    assert set(by_idle) == {0, 300}
+    assert by_idle[0]["workload"] == "closed" and by_idle[300]["workload"] == "idle"
+    assert int(by_idle[300]["connected"]) == 310
+    assert int(by_idle[300]["server_fds"]) >= 310
+    for row in rows:
+        assert row["status"] == "ok", row
+        assert int(row["errors"]) == 0
+
+
+@pytest.mark.timeout(120)
+def test_churn_reports_connections_per_second(tmp_path):
+    rows = _run(tmp_path, "--models", "epoll,threads", "--connections", "8", "--workload", "churn")
+    for row in rows:
+        assert row["status"] == "ok", row
+        assert row["workload"] == "churn"
+        assert float(row["rps"]) > 0 and int(row["errors"]) == 0
+
+
+@pytest.mark.timeout(150)
+def test_find_max_writes_probes_and_the_rate_found(tmp_path):
+    rows = _run(tmp_path, "--models", "epoll", "--connections", "10", "--find-max", "--slo", "p99=50ms", timeout=140)
+    workloads = [r["workload"] for r in rows]
+    assert workloads[0] == "closed" and workloads[-1] == "find-max"
+    assert workloads.count("open") == 6
+    answer = rows[-1]
+    assert answer["status"] == "ok", answer
+    assert answer["slo"] == "p99<=50000us"
+    passing = [
+        float(r["target_rate"])
+        for r in rows
+        if r["workload"] == "open" and r["status"] == "ok" and float(r["p99_us"]) <= 50000
+        and float(r["achieved_rate"]) >= 0.98 * float(r["target_rate"])
+    ]  # fmt: skip
+    assert float(answer["max_rate"]) == max(passing)
+
+
+@pytest.mark.timeout(120)
+def test_server_workers_share_the_port(tmp_path):
+    rows = _run(tmp_path, "--models", "epoll,threads", "--connections", "100", "--server-workers", "2")
+    by_model = {r["model"]: r for r in rows}
+    assert by_model["epoll"]["status"] == "ok", by_model["epoll"]
+    assert int(by_model["epoll"]["server_processes"]) == 2
+    assert by_model["epoll"]["server_workers"] == "2"
+    assert by_model["threads"]["status"] == "skipped"
+    assert "only event-driven models" in by_model["threads"]["reason"]
+
+
+@pytest.mark.timeout(60)
+def test_preflight_skips_what_cannot_run_with_an_actionable_reason(tmp_path):
+    rows = _run(tmp_path, "--models", "fork,epoll", "--connections", "12,25000", "--fork-cap", "5")
+    by_key = {(r["model"], int(r["connections"])): r for r in rows}
+    assert by_key[("fork", 12)]["status"] == "skipped"
+    assert "fork cap of 5" in by_key[("fork", 12)]["reason"] and "--fork-cap" in by_key[("fork", 12)]["reason"]
+    big = by_key[("epoll", 25000)]
+    assert big["status"] == "skipped"
+    assert "RLIMIT_NOFILE" in big["reason"] and "--server-workers 2" in big["reason"]
+    assert by_key[("epoll", 12)]["status"] == "ok"
+
+
+def test_source_addresses_spread_only_when_needed():
+    assert addresses_needed(PER_ADDRESS) == 1 and addresses_needed(PER_ADDRESS + 1) == 2
+    assert source_address(5, 1) is None
+    assert {source_address(i, 3) for i in range(9)} == {"127.1.0.1", "127.1.0.2", "127.1.0.3"}
+
+
+@pytest.mark.timeout(30)
+def test_connections_bind_their_spread_source_addresses():
+    listener = socket.create_server(("127.0.0.1", 0))
+    try:
+        result = open_connections("127.0.0.1", listener.getsockname()[1], 6, spread=3)
+        try:
+            assert len(result.sockets) == 6 and not result.errors
+            sources = {s.getsockname()[0] for s in result.sockets}
+            assert sources == {"127.1.0.1", "127.1.0.2", "127.1.0.3"}
+        finally:
+            for s in result.sockets:
+                s.close()
+    finally:
+        listener.close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--workload", "open"], "--workload open needs --rate"),
+        (["--rate", "100"], "--rate applies to --workload open only"),
+        (["--find-max"], "--find-max needs an objective"),
+        (["--find-max", "--slo", "p95=3"], "--slo takes the form p99=2ms"),
+        (["--idle", "-1"], "--idle values must be integers >= 0"),
+    ],
+)
+def test_workload_options_are_checked(tmp_path, args, message):
+    proc = run_bench("run", "--out", str(tmp_path), *args)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
