@@ -89,6 +89,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         server_workers=int(_positive(args.server_workers, "--server-workers")),
         fork_cap=int(_positive(args.fork_cap, "--fork-cap")),
         slo_p99_us=slo_p99_us,
+        quiet_wait_s=_positive(args.quiet_wait, "--quiet-wait", allow_zero=True),
     )
     # The harness itself runs beside the load workers, off the server's CPUs.
     os.sched_setaffinity(0, set(pinning.client))
@@ -106,6 +107,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             render_report(runner.run_dir)
         return 130
     report = render_report(run_dir.path)
+    for warning in run_dir.read_run().get("summary", {}).get("warnings", []):
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"run directory: {run_dir.path}\nreport: {report}")
     return 0
 
@@ -183,6 +186,13 @@ def build_parser() -> argparse.ArgumentParser:
     server = run.add_argument_group("server")
     server.add_argument("--server-workers", type=int, default=1, help="SO_REUSEPORT processes (event-driven models)")
     server.add_argument("--fork-cap", type=int, default=1000, help="live children the fork model may have")
+    noise = run.add_argument_group("noise")
+    noise.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=0.0,
+        help="before each point, wait up to S seconds for the host's CPUs to be mostly idle (default 0: off)",
+    )
     run.add_argument("--ready-timeout", type=float, default=15.0, help="seconds a server may take to listen")
     run.add_argument("--server-cpus", default="", help="CPUs for the server, e.g. 0 (default: first half)")
     run.add_argument("--client-cpus", default="", help="CPUs for the load workers (default: the rest)")

@@ -16,9 +16,10 @@ from bench.child import format_cpus
 from bench.columns import STATUS_FAILED, STATUS_OK, STATUS_SKIPPED
 from bench.cpus import Pinning
 from bench.errors import PointFailed
+from bench.interference import Interference, compare, snapshot, wait_for_quiet
 from bench.load_workers import LoadPlan, LoadResult, LoadWorkers, worker_count
 from bench.preflight import preflight
-from bench.sampler import TreeSampler, WindowUsage
+from bench.sampler import TreeSample, TreeSampler, WindowUsage, sample_tree
 from bench.server_control import ServerUnderTest
 from loadgen.histogram import encode, merge, summarize
 
@@ -60,6 +61,7 @@ class Timing:
     duration_s: float
     warmup_s: float
     ready_timeout_s: float = 15.0
+    quiet_wait_s: float = 0.0
 
 
 def base_row(run_id: str, spec: PointSpec) -> dict[str, Any]:
@@ -105,10 +107,15 @@ def _measure(
     extra = ["--fork-cap", str(spec.fork_cap)]
     if spec.server_workers > 1:
         extra += ["--workers", str(spec.server_workers)]
+    if timing.quiet_wait_s > 0:
+        waited, _busy = wait_for_quiet(timing.quiet_wait_s)
+        row["quiet_wait_s"] = waited
     server = ServerUnderTest(spec.model, pinning.server, extra=extra)
     load: LoadWorkers | None = None
     try:
         server.start(timing.ready_timeout_s)
+        # Memory before any connection, so that memory per connection is a difference.
+        baseline = sample_tree(server.pid, with_uss=True)
         load = LoadWorkers(server.host, server.port, spec.load_plan, pinning.client, workers)
         load.start()
         # Generous: thousands of connects against a slow accept loop take seconds.
@@ -119,7 +126,7 @@ def _measure(
         if (reason := server.failure()) is not None:
             raise PointFailed(reason)
         window = load.schedule(timing.warmup_s, timing.duration_s)
-        usage = _watch_window(server, window)
+        usage, host = _watch_window(server, window)
         result = load.collect(timeout=max(window[1] - time.monotonic(), 0) + 15)
         histograms["latency"] = encode(merge(result.histograms))
         if result.uncorrected:
@@ -127,6 +134,10 @@ def _measure(
         if spec.workload == "churn":
             histograms["connect"] = encode(merge(result.connect_histograms))
         _fill_measurements(row, spec, result, usage, connect.errors, len(pinning.server))
+        if usage is not None and host is not None:
+            interference = compare(host[0], host[1], usage.cpu_user_s + usage.cpu_sys_s + result.cpu_s)
+            _fill_costs(row, spec, result.requests, usage, baseline, interference)
+            histograms["per_cpu_pct"] = interference.per_cpu
         if (reason := server.failure()) is not None:
             raise PointFailed(reason)
         expected = 0 if spec.workload == "churn" else spec.connections + spec.idle
@@ -144,6 +155,8 @@ def _measure(
             notes.append(f"{row['errors']} errors: {row['error_kinds']}")
         if row["client_bound"]:
             notes.append("client-bound: the load generator used a whole CPU")
+        if row.get("disturbed"):
+            notes.append(f"disturbed: {row['disturbed']}")
         row["reason"] = "; ".join(notes)
     except PointFailed as exc:
         row["status"] = STATUS_FAILED
@@ -156,9 +169,11 @@ def _measure(
     return row, histograms
 
 
-def _watch_window(server: ServerUnderTest, window: tuple[float, float]) -> WindowUsage | None:
-    """Sample the server's tree from the window's start to its end; stop early if it died."""
+def _watch_window(server: ServerUnderTest, window: tuple[float, float]) -> tuple[WindowUsage | None, tuple | None]:
+    """Sample the server's tree, and the host's CPUs, from the window's start to its end;
+    stop early if the server died."""
     _sleep_until(window[0])
+    before = snapshot()
     sampler = TreeSampler(server.pid)
     sampler.begin()
     while time.monotonic() < window[1]:
@@ -166,7 +181,29 @@ def _watch_window(server: ServerUnderTest, window: tuple[float, float]) -> Windo
             break
         _sleep_until(min(window[1], time.monotonic() + SAMPLE_INTERVAL_S))
         sampler.tick()
-    return sampler.end()
+    after = snapshot()
+    return sampler.end(), (before, after)
+
+
+def _fill_costs(
+    row: dict, spec: PointSpec, requests: int, usage: WindowUsage, baseline: TreeSample | None, host: Interference
+) -> None:
+    """What each request and each connection cost, and what else the host was doing."""
+    if requests:
+        row["server_cpu_user_us_per_req"] = usage.cpu_user_s * 1e6 / requests
+        row["server_cpu_sys_us_per_req"] = usage.cpu_sys_s * 1e6 / requests
+        row["ctx_vol_per_req"] = usage.ctx_voluntary / requests
+        row["ctx_invol_per_req"] = usage.ctx_involuntary / requests
+        row["ctx_per_req"] = (usage.ctx_voluntary + usage.ctx_involuntary) / requests
+    row["server_uss_bytes"] = usage.uss_bytes
+    held = spec.connections + spec.idle
+    if spec.workload != "churn" and held and usage.uss_bytes is not None and baseline and baseline.uss_bytes:
+        row["mem_per_conn_bytes"] = (usage.uss_bytes - baseline.uss_bytes) / held
+    row["softirq_pct"] = host.softirq_pct
+    row["steal_pct"] = host.steal_pct
+    row["foreign_cpu_pct"] = host.foreign_cpu_pct
+    row["host_busy_pct"] = host.busy_pct
+    row["disturbed"] = host.disturbed
 
 
 def _sleep_until(when: float) -> None:

@@ -81,6 +81,24 @@ class RunDirectory:
                 fh.flush()
                 os.fsync(fh.fileno())
 
+    def read_points(self) -> list[dict[str, str]]:
+        if not self.points_file.exists():
+            return []
+        with open(self.points_file, newline="") as fh:
+            return list(csv.DictReader(fh))
+
+    def rewrite_points(self, rows: list[dict[str, Any]]) -> None:
+        """Replace points.csv as a whole (atomically), e.g. to add statistics over repeats."""
+        tmp = self.points_file.with_name(f".{POINTS_FILE}.{os.getpid()}.tmp")
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=POINT_COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: _cell(row.get(k)) for k in POINT_COLUMNS})
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.points_file)
+
     def read_histograms(self) -> dict[str, dict[str, str]]:
         path = self.path / HISTOGRAMS_FILE
         if not path.exists():

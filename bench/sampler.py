@@ -22,16 +22,21 @@ class TreeSample:
     threads: int
     fds: int
     processes: int
+    ctx_voluntary: int
+    ctx_involuntary: int
+    uss_bytes: int | None = None
 
 
-def sample_tree(pid: int) -> TreeSample | None:
+def sample_tree(pid: int, with_uss: bool = False) -> TreeSample | None:
+    """One reading of the tree; `with_uss` adds unique set size (reads smaps, so costlier):
+    summed over a forked tree it counts shared pages once, where RSS would count them per child."""
     try:
         root = psutil.Process(pid)
         procs = [root, *root.children(recursive=True)]
     except psutil.Error:
         return None
     user = sys_ = 0.0
-    rss = threads = fds = 0
+    rss = threads = fds = vol = invol = uss = 0
     alive = 0
     for proc in procs:
         try:
@@ -42,10 +47,15 @@ def sample_tree(pid: int) -> TreeSample | None:
                 rss += proc.memory_info().rss
                 threads += proc.num_threads()
                 fds += proc.num_fds()
+                ctx = proc.num_ctx_switches()
+                vol += ctx.voluntary
+                invol += ctx.involuntary
+                if with_uss:
+                    uss += proc.memory_full_info().uss
                 alive += 1
         except psutil.Error:
             continue
-    return TreeSample(time.monotonic(), user, sys_, rss, threads, fds, alive)
+    return TreeSample(time.monotonic(), user, sys_, rss, threads, fds, alive, vol, invol, uss if with_uss else None)
 
 
 @dataclass
@@ -57,6 +67,9 @@ class WindowUsage:
     peak_fds: int
     peak_processes: int
     seconds: float
+    ctx_voluntary: int
+    ctx_involuntary: int
+    uss_bytes: int | None
 
 
 class TreeSampler:
@@ -68,8 +81,8 @@ class TreeSampler:
         self.last: TreeSample | None = None
         self.peaks = [0, 0, 0, 0]
 
-    def _take(self) -> TreeSample | None:
-        sample = sample_tree(self.pid)
+    def _take(self, with_uss: bool = False) -> TreeSample | None:
+        sample = sample_tree(self.pid, with_uss)
         if sample is not None:
             self.peaks = [
                 max(self.peaks[0], sample.rss_bytes),
@@ -87,7 +100,7 @@ class TreeSampler:
         self._take()
 
     def end(self) -> WindowUsage | None:
-        self._take()
+        self._take(with_uss=True)
         if self.first is None or self.last is None or self.last is self.first:
             return None
         return WindowUsage(
@@ -98,4 +111,7 @@ class TreeSampler:
             peak_fds=self.peaks[2],
             peak_processes=self.peaks[3],
             seconds=self.last.at - self.first.at,
+            ctx_voluntary=self.last.ctx_voluntary - self.first.ctx_voluntary,
+            ctx_involuntary=self.last.ctx_involuntary - self.first.ctx_involuntary,
+            uss_bytes=self.last.uss_bytes,
         )

@@ -15,6 +15,7 @@ from bench.find_max import find_max_rate
 from bench.host import describe_host
 from bench.point import PointSpec, Timing, run_point, unmeasured_row
 from bench.results_store import RunDirectory, new_run_id
+from bench.statistics import finalize_run_statistics
 from servers import registry
 
 
@@ -36,6 +37,7 @@ class RunConfig:
     server_workers: int = 1
     fork_cap: int = 1000
     slo_p99_us: float | None = None
+    quiet_wait_s: float = 0.0
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -93,7 +95,7 @@ def run_sweep(config: RunConfig, on_point: Callable[[dict, Path], None] | None =
     run_dir.write_run(meta)
     try:
         for spec in specs:
-            timing = Timing(config.duration_s, config.warmup_s, config.ready_timeout_s)
+            timing = Timing(config.duration_s, config.warmup_s, config.ready_timeout_s, config.quiet_wait_s)
             if spec.model in config.unavailable:
                 reason = f"unavailable here: {config.unavailable[spec.model]}"
                 results = [(unmeasured_row(run_id, spec, STATUS_SKIPPED, reason), {})]
@@ -111,5 +113,6 @@ def run_sweep(config: RunConfig, on_point: Callable[[dict, Path], None] | None =
         raise
     finally:
         meta["finished"] = _now()
+        meta["summary"] = {"warnings": finalize_run_statistics(run_dir)}
         run_dir.write_run(meta)
     return run_dir

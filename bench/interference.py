@@ -1,0 +1,109 @@
+"""What the rest of the host did during a window: per-CPU /proc/stat, and CPU not ours.
+
+Process CPU times leave out softirq (where much of loopback TCP is paid) and say nothing of
+other tenants: steal from the hypervisor, or other processes on the same CPUs. Both are read
+here so that a disturbed point can be flagged instead of silently believed.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from dataclasses import dataclass
+
+# Columns of a "cpuN" line in /proc/stat, in USER_HZ ticks.
+_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
+# Beyond these, a point is flagged as disturbed.
+STEAL_LIMIT_PCT = 2.0
+FOREIGN_LIMIT_PCT = 5.0
+
+
+def read_cpu_ticks() -> dict[int, dict[str, int]]:
+    ticks: dict[int, dict[str, int]] = {}
+    with open("/proc/stat") as fh:
+        for line in fh:
+            if line.startswith("cpu") and line[3].isdigit():
+                name, *values = line.split()
+                ticks[int(name[3:])] = dict(zip(_FIELDS, map(int, values), strict=False))
+    return ticks
+
+
+def own_cpu_s() -> float:
+    """CPU of the harness itself and of every child it has reaped (finished points)."""
+    s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
+
+
+@dataclass
+class HostSnapshot:
+    at: float
+    ticks: dict[int, dict[str, int]]
+    harness_cpu_s: float
+
+
+def snapshot() -> HostSnapshot:
+    return HostSnapshot(time.monotonic(), read_cpu_ticks(), own_cpu_s())
+
+
+@dataclass
+class Interference:
+    seconds: float
+    steal_pct: float
+    softirq_pct: float
+    busy_pct: float
+    foreign_cpu_pct: float
+    per_cpu: dict[int, dict[str, float]]
+
+    @property
+    def disturbed(self) -> str:
+        """Why the window is not to be trusted, or '' when it is."""
+        why = []
+        if self.steal_pct > STEAL_LIMIT_PCT:
+            why.append(f"steal {self.steal_pct:.1f}%")
+        if self.foreign_cpu_pct > FOREIGN_LIMIT_PCT:
+            why.append(f"other processes used {self.foreign_cpu_pct:.1f}% of the CPUs")
+        return ", ".join(why)
+
+
+def compare(before: HostSnapshot, after: HostSnapshot, ours_cpu_s: float) -> Interference:
+    """Host CPU between two snapshots; `ours_cpu_s` is what our server and load workers used
+    (the harness's own CPU is added here). Percentages are of all the host's CPUs."""
+    seconds = max(after.at - before.at, 1e-9)
+    per_cpu: dict[int, dict[str, float]] = {}
+    totals = dict.fromkeys(_FIELDS, 0.0)
+    for cpu, end in after.ticks.items():
+        start = before.ticks.get(cpu, end)
+        d = {k: (end.get(k, 0) - start.get(k, 0)) * TICK_S for k in _FIELDS}
+        per_cpu[cpu] = {k: round(100.0 * v / seconds, 1) for k, v in d.items()}
+        for k, v in d.items():
+            totals[k] += v
+    capacity = seconds * max(len(after.ticks), 1)
+    process_cpu = totals["user"] + totals["nice"] + totals["system"]
+    ours = ours_cpu_s + (after.harness_cpu_s - before.harness_cpu_s)
+    busy = process_cpu + totals["irq"] + totals["softirq"]
+    return Interference(
+        seconds=seconds,
+        steal_pct=100.0 * totals["steal"] / capacity,
+        softirq_pct=100.0 * totals["softirq"] / capacity,
+        busy_pct=100.0 * busy / capacity,
+        foreign_cpu_pct=100.0 * max(process_cpu - ours, 0.0) / capacity,
+        per_cpu=per_cpu,
+    )
+
+
+def wait_for_quiet(max_wait_s: float, busy_limit_pct: float = 10.0, step_s: float = 0.2) -> tuple[float, float]:
+    """Wait (at most `max_wait_s`) until the host's CPUs are mostly idle before a point.
+
+    Returns (seconds waited, busy % of the last step). This is not synchronisation with our
+    own processes, none run now: it is waiting out other tenants' load, bounded."""
+    started = time.monotonic()
+    busy = 100.0
+    while True:
+        before = snapshot()
+        time.sleep(step_s)
+        busy = compare(before, snapshot(), 0.0).busy_pct
+        waited = time.monotonic() - started
+        if busy <= busy_limit_pct or waited >= max_wait_s:
+            return waited, busy

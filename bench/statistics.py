@@ -1,0 +1,138 @@
+"""Statistics over repeats: median, bootstrap 95% confidence interval, coefficient of variation.
+
+A run with --repeats N measures every point N times, with the model order rotated between
+repeats; these numbers say how much one would believe a difference between two models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from bench.columns import STATUS_OK
+from bench.results_store import RunDirectory
+
+# The parameters that make two rows repeats of the same point.
+POINT_KEY = ["model", "workload", "connections", "payload", "idle", "target_rate", "server_workers"]
+BOOTSTRAP_RESAMPLES = 2000
+CONFIDENCE = 0.95
+# Above this coefficient of variation a point is called noisy in the run summary.
+NOISY_CV = 0.10
+
+
+@dataclass(frozen=True)
+class Estimate:
+    median: float
+    ci_low: float | None
+    ci_high: float | None
+    cv: float | None
+    n: int
+
+
+def estimate(values: list[float] | np.ndarray, seed: int = 0) -> Estimate:
+    """Median with a percentile-bootstrap CI of the median; no CI or CV from a single value."""
+    data = np.asarray([v for v in values if v is not None and not np.isnan(v)], dtype=float)
+    if data.size == 0:
+        return Estimate(float("nan"), None, None, None, 0)
+    median = float(np.median(data))
+    if data.size < 2:
+        return Estimate(median, None, None, None, 1)
+    rng = np.random.default_rng(seed)
+    samples = rng.choice(data, size=(BOOTSTRAP_RESAMPLES, data.size), replace=True)
+    medians = np.median(samples, axis=1)
+    tail = (1 - CONFIDENCE) / 2 * 100
+    low, high = np.percentile(medians, [tail, 100 - tail])
+    mean = float(np.mean(data))
+    cv = float(np.std(data, ddof=1) / mean) if mean else None
+    return Estimate(median, float(low), float(high), cv, int(data.size))
+
+
+def _key_frame(df: pd.DataFrame) -> pd.DataFrame:
+    keys = df.reindex(columns=POINT_KEY).copy()
+    return keys.fillna("").astype(str)
+
+
+def add_repeat_statistics(df: pd.DataFrame) -> pd.DataFrame:
+    """Fill rps_* and p99_* statistics into every row from the ok rows of its point."""
+    out = df.copy()
+    if out.empty:
+        return out
+    # Recomputed from scratch, as numbers, whatever the frame held before.
+    for prefix in ("rps", "p99"):
+        for suffix in ("median", "ci_low", "ci_high", "cv"):
+            out[f"{prefix}_{suffix}"] = np.nan
+    out["repeats_ok"] = np.nan
+    keys = _key_frame(out)
+    groups = keys.apply(tuple, axis=1)
+    ok = out["status"] == STATUS_OK
+    for group in groups.unique():
+        members = groups == group
+        good = members & ok
+        for metric, prefix in (("rps", "rps"), ("p99_us", "p99")):
+            est = estimate(pd.to_numeric(out.loc[good, metric], errors="coerce").to_numpy())
+            if est.n == 0:
+                continue
+            out.loc[members, f"{prefix}_median"] = est.median
+            out.loc[members, f"{prefix}_ci_low"] = est.ci_low
+            out.loc[members, f"{prefix}_ci_high"] = est.ci_high
+            out.loc[members, f"{prefix}_cv"] = est.cv
+        out.loc[members, "repeats_ok"] = float(good.sum())
+    return out
+
+
+def ranking_warnings(df: pd.DataFrame) -> list[str]:
+    """Where the spread is too wide to rank models: overlapping CIs of neighbours in the
+    ranking by median req/s, and noisy points."""
+    warnings: list[str] = []
+    if df.empty or "rps_median" not in df.columns:
+        return warnings
+    ok = df[(df["status"] == STATUS_OK) & df["rps_ci_low"].notna()]
+    if ok.empty:
+        return warnings
+    points = ok.drop_duplicates(subset=[c for c in POINT_KEY if c in ok.columns])
+    for cv_row in points[points["rps_cv"] > NOISY_CV].itertuples():
+        warnings.append(
+            f"{cv_row.model} at {cv_row.connections} connections ({cv_row.workload}) is noisy: "
+            f"req/s varied by {cv_row.rps_cv:.0%} (coefficient of variation) over {int(cv_row.repeats_ok)} repeats"
+        )
+    context = [c for c in POINT_KEY if c in points.columns and c != "model"]
+    for _, level in points.groupby(context, dropna=False):
+        ranked = level.sort_values("rps_median", ascending=False).to_dict("records")
+        for a, b in zip(ranked, ranked[1:], strict=False):
+            if a["rps_ci_low"] <= b["rps_ci_high"]:
+                ci_a = f"{a['rps_ci_low']:,.0f}-{a['rps_ci_high']:,.0f}"
+                ci_b = f"{b['rps_ci_low']:,.0f}-{b['rps_ci_high']:,.0f}"
+                warnings.append(
+                    f"cannot rank {a['model']} above {b['model']} at {a['connections']} connections "
+                    f"({a['workload']}): their 95% confidence intervals of req/s overlap ({ci_a} vs {ci_b})"
+                )
+    return warnings
+
+
+def finalize_run_statistics(run_dir: RunDirectory) -> list[str]:
+    """Fill the statistics columns of points.csv from its rows; return the ranking warnings."""
+    rows = run_dir.read_points()
+    if not rows:
+        return []
+    df = add_repeat_statistics(pd.DataFrame(rows, dtype=str))
+    for column in ("rps_median", "rps_ci_low", "rps_ci_high", "rps_cv", "p99_median", "p99_ci_low", "p99_ci_high"):
+        if column in df.columns:
+            df[column] = pd.to_numeric(df[column], errors="coerce")
+    run_dir.rewrite_points([{k: _plain(v) for k, v in rec.items()} for rec in df.to_dict("records")])
+    numeric = df.copy()
+    for column in ("rps_median", "rps_ci_low", "rps_ci_high", "rps_cv", "repeats_ok"):
+        numeric[column] = pd.to_numeric(numeric.get(column), errors="coerce")
+    numeric["connections"] = pd.to_numeric(numeric["connections"], errors="coerce").astype("Int64")
+    return ranking_warnings(numeric)
+
+
+def _plain(value: object) -> object:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e12:
+        return int(value)
+    return value
