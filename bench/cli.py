@@ -91,8 +91,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         slo_p99_us=slo_p99_us,
         quiet_wait_s=_positive(args.quiet_wait, "--quiet-wait", allow_zero=True),
     )
-    # The harness itself runs beside the load workers, off the server's CPUs.
-    os.sched_setaffinity(0, set(pinning.client))
     _stop_on_sigterm()
     try:
         config.out.mkdir(parents=True, exist_ok=True)
@@ -203,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="list the I/O models and whether each can run here")
     models.add_argument("--json", action="store_true")
     models.set_defaults(func=cmd_models)
+    from bench.host import add_host_parser
+
+    add_host_parser(sub)
     return parser
 
 

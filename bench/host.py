@@ -366,18 +366,18 @@ def describe_host(pinning: Mapping[str, Any] | None = None) -> Info:
     return _prune(info)
 
 
-def _flatten(info: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+def flatten_host(info: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     rows: list[tuple[str, Any]] = []
     for key, value in info.items():
         name = f"{prefix}{key}"
         if isinstance(value, Mapping):
-            rows.extend(_flatten(value, f"{name}."))
+            rows.extend(flatten_host(value, f"{name}."))
         else:
             rows.append((name, value))
     return rows
 
 
-def _show(value: Any) -> str:
+def show_value(value: Any) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, list):
@@ -397,8 +397,8 @@ def format_host(info: Mapping[str, Any]) -> Any:
     table = Table(title="host fingerprint", title_justify="left")
     table.add_column("field", no_wrap=True)
     table.add_column("value", overflow="fold")
-    for name, value in _flatten(info):
-        shown = _show(value)
+    for name, value in flatten_host(info):
+        shown = show_value(value)
         if name.endswith("_bytes") and isinstance(value, int) and value >= 1 << 20:
             unit, size = ("GiB", 1 << 30) if value >= 1 << 30 else ("MiB", 1 << 20)
             shown = f"{value / size:.1f} {unit} ({shown})"

@@ -116,8 +116,11 @@ def render_report(run_path: Path) -> Path:
         cells = [(_fmt(row[c]), c in TEXT_COLUMNS) for c in columns]
         rows.append({"status": row.get("status", ""), "cells": cells})
     env = Environment(loader=PackageLoader("bench", "templates"), autoescape=select_autoescape(["html", "j2"]))
+    from bench.host import flatten_host, show_value
+
     html = env.get_template("report.html.j2").render(
         meta=meta,
+        host=[(key, show_value(value)) for key, value in flatten_host(meta.get("host", {}))],
         plots=plots,
         columns=columns,
         rows=rows,

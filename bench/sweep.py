@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 from collections.abc import Callable
@@ -90,9 +91,12 @@ def run_sweep(config: RunConfig, on_point: Callable[[dict, Path], None] | None =
         "config": config.as_dict(),
         "points_planned": len(specs),
         "models": [registry.describe(m).as_dict() for m in config.models],
-        "host": describe_host(),
+        "host": describe_host(config.pinning.as_dict()),
     }
     run_dir.write_run(meta)
+    # The harness itself runs beside the load workers, off the server's CPUs (after the host
+    # description, which records the CPUs this process may use).
+    os.sched_setaffinity(0, set(config.pinning.client))
     try:
         for spec in specs:
             timing = Timing(config.duration_s, config.warmup_s, config.ready_timeout_s, config.quiet_wait_s)
