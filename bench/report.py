@@ -1,97 +1,134 @@
-"""`report.html`: one self-contained page per run (inline SVG plots, no network fetches)."""
+"""`report.html`: one self-contained page per run (inline SVG plots and script, no network).
+
+The page opens with findings stated in words from the data, then the evidence: plots with
+confidence intervals, the sortable table of every point, the models, the host, and the
+command that reproduces the run.
+"""
 
 from __future__ import annotations
 
-import io
 from html import escape
 from pathlib import Path
+from typing import Any
 
-import matplotlib
+import pandas as pd
+from jinja2 import Environment, PackageLoader, select_autoescape
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-from jinja2 import Environment, PackageLoader, select_autoescape  # noqa: E402
-from matplotlib.transforms import blended_transform_factory  # noqa: E402
+from bench.columns import POINT_COLUMNS, STATUS_OK
+from bench.report_plots import line_plot
+from bench.results_store import RunDirectory
 
-from bench.columns import STATUS_OK  # noqa: E402
-from bench.results_store import RunDirectory  # noqa: E402
-
-plt.rcParams["svg.fonttype"] = "none"
-
-PLOTS = [
+CONNECTIONS = "concurrent connections (log scale)"
+# (column, title, y label, log y)
+MAIN_PLOTS = [
     ("rps", "Throughput", "requests per second", False),
-    ("p99_us", "p99 latency", "p99 latency (µs)", True),
+    ("p50_us", "Median latency (p50)", "p50 latency (µs)", True),
+    ("p99_us", "Tail latency (p99)", "p99 latency (µs)", True),
+    ("p999_us", "Tail latency (p99.9)", "p99.9 latency (µs)", True),
+    ("cpu_us_per_req", "Server CPU per request", "server CPU µs per request", False),
+    ("mem_per_conn_bytes", "Server memory per connection", "bytes per connection (USS)", False),
+    ("ctx_per_req", "Context switches per request", "context switches per request", False),
 ]
 TABLE_COLUMNS = [
-    "model",
-    "workload",
-    "connections",
-    "payload",
-    "repeat",
-    "status",
-    "rps",
-    "p50_us",
-    "p99_us",
-    "max_us",
-    "cpu_us_per_req",
-    "server_rss_bytes",
-    "client_cpu_pct",
-    "errors",
-    "reason",
-]
-
-
-TEXT_COLUMNS = {"model", "workload", "status", "reason"}
+    "model", "workload", "connections", "idle", "payload", "target_rate", "repeat", "status", "rps", "rps_median",
+    "rps_ci_low", "rps_ci_high", "p50_us", "p99_us", "p999_us", "cpu_us_per_req", "mem_per_conn_bytes",
+    "ctx_per_req", "softirq_pct", "client_cpu_pct", "client_bound", "disturbed", "errors", "reason",
+]  # fmt: skip
+TEXT_COLUMNS = {"model", "workload", "status", "reason", "disturbed", "client_bound"}
+SYSCALLS_FILE = "syscalls.csv"
 
 
 def load_points(run_dir: RunDirectory) -> pd.DataFrame:
     if not run_dir.points_file.exists():
         return pd.DataFrame()
-    return pd.read_csv(run_dir.points_file, keep_default_na=True)
+    df = pd.read_csv(run_dir.points_file, keep_default_na=True)
+    # Runs written before a column existed still render: the column is just empty.
+    return df.reindex(columns=[*POINT_COLUMNS, *[c for c in df.columns if c not in POINT_COLUMNS]])
 
 
-def plot_metric(df: pd.DataFrame, column: str, title: str, ylabel: str, log_y: bool) -> str:
-    """One line per model (median over repeats of ok points); failed points as red crosses at
-    the foot of the plot, where they happened on the connections axis."""
-    fig, ax = plt.subplots(figsize=(7.5, 4.2), dpi=100)
-    ok = df[df["status"] == STATUS_OK]
-    for model, group in ok.groupby("model", sort=False):
-        series = group.groupby("connections")[column].median().dropna()
-        if not series.empty:
-            ax.plot(series.index, series.values, marker="o", label=model)
-    foot = blended_transform_factory(ax.transData, ax.transAxes)
-    failed = df[df["status"] != STATUS_OK]
-    labelled = False
-    for _, row in failed.iterrows():
-        ax.plot(
-            row["connections"],
-            0.03,
-            marker="x",
-            color="crimson",
-            markersize=10,
-            mew=2,
-            transform=foot,
-            clip_on=False,
-            label=None if labelled else "failed / skipped",
-        )
-        ax.annotate(str(row["model"]), (row["connections"], 0.06), xycoords=foot, fontsize=7, color="crimson")
-        labelled = True
-    ax.set_xscale("log")
-    if log_y and not ok[column].dropna().empty:
-        ax.set_yscale("log")
-    ax.set_xlabel("concurrent connections (log scale)")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    buf = io.StringIO()
-    fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None, "Format": None, "Type": None})
-    plt.close(fig)
-    svg = buf.getvalue()
-    return svg[svg.index("<svg") :]
+def _num(value: float) -> str:
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:,.1f}"
+
+
+def findings(df: pd.DataFrame, meta: dict[str, Any]) -> list[str]:
+    """What a reader should take away, in sentences computed from the points."""
+    out: list[str] = []
+    if df.empty:
+        return ["No point was measured."]
+    ok = df[(df["status"] == STATUS_OK) & df["workload"].isin(["closed", "churn"])]
+    for workload, rows in ok.groupby("workload"):
+        levels = sorted(rows["connections"].unique())
+        for level in dict.fromkeys([levels[0], levels[-1]]):
+            at = rows[rows["connections"] == level].groupby("model")["rps"].median().sort_values(ascending=False)
+            if at.empty:
+                continue
+            unit = "connections/s" if workload == "churn" else "req/s"
+            noun = "connection" if level == 1 else "connections"
+            text = f"At {level:,} {noun} ({workload}), {at.index[0]} leads with {_num(at.iloc[0])} {unit}"
+            if len(at) > 1 and at.iloc[1] > 0:
+                text += f", {at.iloc[0] / at.iloc[1] - 1:.0%} ahead of {at.index[1]} ({_num(at.iloc[1])})"
+            if len(at) > 2:
+                text += f"; {at.index[-1]} is last ({_num(at.iloc[-1])})"
+            out.append(text + ".")
+    failed = df[df["status"] == "failed"]
+    for model, rows in failed.groupby("model"):
+        first = rows.sort_values("connections").iloc[0]
+        out.append(f"{model} failed from {int(first['connections']):,} connections: {first['reason']}.")
+    skipped = df[df["status"] == "skipped"]
+    if not skipped.empty:
+        out.append(f"{len(skipped)} point(s) were skipped before they started; the table says why.")
+    if "client_bound" in df.columns:
+        bound = df[df["client_bound"].astype(str).str.lower() == "true"]
+        if not bound.empty:
+            where = ", ".join(f"{m} at {int(c):,}" for m, c in bound[["model", "connections"]].drop_duplicates().values)
+            out.append(
+                f"{len(bound)} point(s) were client-bound (a load worker used a whole CPU), so their req/s is a "
+                f"floor for the server, not its limit: {where}."
+            )
+    if "disturbed" in df.columns:
+        disturbed = df[df["disturbed"].fillna("") != ""]
+        if not disturbed.empty:
+            out.append(
+                f"{len(disturbed)} point(s) were disturbed by other load on the host "
+                f"(e.g. {disturbed.iloc[0]['model']} at {int(disturbed.iloc[0]['connections']):,}: "
+                f"{disturbed.iloc[0]['disturbed']})."
+            )
+    out.extend(meta.get("summary", {}).get("warnings", []))
+    return out
+
+
+def _plots(df: pd.DataFrame) -> list[dict[str, str]]:
+    plots = []
+    main = df[df["workload"].isin(["closed", "churn", "open"]) & (df.get("idle", 0).fillna(0) == 0)]
+    if len(main["workload"].unique()) > 1:
+        main = main.assign(series=main["model"] + " (" + main["workload"] + ")")
+        series = "series"
+    else:
+        series = "model"
+    if not main.empty:
+        for column, title, ylabel, log_y in MAIN_PLOTS:
+            if column in main.columns and main[column].notna().any() or column == "rps":
+                svg = line_plot(main, "connections", column, title, ylabel, CONNECTIONS, log_y=log_y, series=series)
+                plots.append({"id": f"plot-{column}", "title": f"{title} against connections", "svg": svg})
+    idle = df[df["workload"] == "idle"]
+    if not idle.empty:
+        both = pd.concat([df[(df["workload"] == "closed") & df["connections"].isin(idle["connections"])], idle])
+        both = both.assign(idle=both["idle"].fillna(0).clip(lower=0.5))
+        for column, title, ylabel in (
+            ("rps", "Throughput with idle connections", "requests per second"),
+            ("cpu_us_per_req", "Cost of idle connections", "server CPU µs per request"),
+        ):
+            svg = line_plot(both, "idle", column, title, ylabel, "idle connections beside the active ones (log scale)")
+            plots.append({"id": f"plot-idle-{column}", "title": title, "svg": svg})
+    opened = df[(df["workload"] == "open") & df["target_rate"].notna()]
+    if not opened.empty:
+        opened = opened.assign(series=opened["model"] + " c=" + opened["connections"].astype(str))
+        svg = line_plot(
+            opened, "target_rate", "p99_us", "Latency against offered rate (open loop)", "p99 latency (µs)",
+            "offered rate, requests per second", log_x=False, log_y=True, series="series",
+        )  # fmt: skip
+        plots.append({"id": "plot-open-p99", "title": "p99 latency against offered rate", "svg": svg})
+    return plots
 
 
 def _fmt(value: object) -> str:
@@ -102,29 +139,47 @@ def _fmt(value: object) -> str:
     return escape(str(value))
 
 
+def _syscalls(run_path: Path) -> list[dict[str, Any]]:
+    """The run's syscall profile (bench profile), top calls per request by model."""
+    path = run_path / SYSCALLS_FILE
+    if not path.exists():
+        return []
+    try:
+        table = pd.read_csv(path)
+    except (OSError, ValueError, pd.errors.ParserError):
+        return []
+    out = []
+    for model, rows in table.groupby("model", sort=False):
+        top = rows.sort_values("calls_per_req", ascending=False).head(6)
+        calls = ", ".join(f"{r.syscall} {r.calls_per_req:.2f}" for r in top.itertuples())
+        out.append({"model": model, "calls": calls})
+    return out
+
+
 def render_report(run_path: Path) -> Path:
     run_dir = RunDirectory(run_path)
     meta = run_dir.read_run()
     df = load_points(run_dir)
-    plots = []
-    if not df.empty:
-        for column, title, ylabel, log_y in PLOTS:
-            plots.append({"id": f"plot-{column}", "title": title, "svg": plot_metric(df, column, title, ylabel, log_y)})
     rows = []
     columns = [c for c in TABLE_COLUMNS if c in df.columns]
     for _, row in df.iterrows():
-        cells = [(_fmt(row[c]), c in TEXT_COLUMNS) for c in columns]
+        cells = [
+            (_fmt(row[c]), "text" + (" wide" if c == "reason" else "") if c in TEXT_COLUMNS else "") for c in columns
+        ]
         rows.append({"status": row.get("status", ""), "cells": cells})
-    env = Environment(loader=PackageLoader("bench", "templates"), autoescape=select_autoescape(["html", "j2"]))
     from bench.host import flatten_host, show_value
 
+    env = Environment(loader=PackageLoader("bench", "templates"), autoescape=select_autoescape(["html", "j2"]))
+    profile = {entry["model"]: entry["calls"] for entry in _syscalls(run_dir.path)}
     html = env.get_template("report.html.j2").render(
         meta=meta,
-        host=[(key, show_value(value)) for key, value in flatten_host(meta.get("host", {}))],
-        plots=plots,
+        findings=findings(df, meta),
+        plots=_plots(df) if not df.empty else [],
         columns=columns,
         rows=rows,
         counts=df["status"].value_counts().to_dict() if not df.empty else {},
+        host=[(key, show_value(value)) for key, value in flatten_host(meta.get("host", {}))],
+        profile=profile,
     )
     tmp = run_dir.report_file.with_suffix(".html.tmp")
     tmp.write_text(html)

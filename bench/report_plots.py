@@ -1,0 +1,112 @@
+"""The report's plots: inline SVG from matplotlib, one line per model, problems marked in place.
+
+Lines are medians over repeats of ok points; where the run has confidence intervals (repeats)
+they are drawn as error bars. Failed and skipped points are red crosses at the foot of the
+plot where they happened; client-bound points are hollow squares and disturbed points orange
+rings around the line's marker, so nobody reads a number without its caveat.
+"""
+
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.transforms import blended_transform_factory  # noqa: E402
+
+from bench.columns import STATUS_OK  # noqa: E402
+
+plt.rcParams["svg.fonttype"] = "none"
+# Intervals exist only for these metrics (bench.statistics computes them over repeats).
+CI_COLUMNS = {"rps": ("rps_ci_low", "rps_ci_high"), "p99_us": ("p99_ci_low", "p99_ci_high")}
+
+
+def _truthy(series: pd.Series) -> pd.Series:
+    return series.astype(str).str.lower().isin(["true", "1", "yes"])
+
+
+def to_svg(fig: plt.Figure) -> str:
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None, "Format": None, "Type": None})
+    plt.close(fig)
+    svg = buf.getvalue()
+    return svg[svg.index("<svg") :]
+
+
+def line_plot(
+    df: pd.DataFrame,
+    x: str,
+    y: str,
+    title: str,
+    ylabel: str,
+    xlabel: str,
+    log_x: bool = True,
+    log_y: bool = False,
+    series: str = "model",
+) -> str:
+    fig, ax = plt.subplots(figsize=(7.2, 4.0), dpi=100)
+    ok = df[df["status"] == STATUS_OK]
+    ci = CI_COLUMNS.get(y)
+    drawn = False
+    for name, group in ok.groupby(series, sort=False):
+        stats = group.groupby(x)[y].median().dropna()
+        if stats.empty:
+            continue
+        drawn = True
+        if ci and group[ci[0]].notna().any():
+            lows = group.groupby(x)[ci[0]].first().reindex(stats.index)
+            highs = group.groupby(x)[ci[1]].first().reindex(stats.index)
+            yerr = np.vstack([(stats - lows).clip(lower=0).fillna(0), (highs - stats).clip(lower=0).fillna(0)])
+            (line, *_rest) = ax.errorbar(stats.index, stats.values, yerr=yerr, marker="o", capsize=3, label=name)
+        else:
+            (line,) = ax.plot(stats.index, stats.values, marker="o", label=name)
+        for flag, style in (("client_bound", {"marker": "s"}), ("disturbed", {"marker": "o"})):
+            if flag not in group.columns:
+                continue
+            hit = group[_truthy(group[flag])] if flag == "client_bound" else group[group[flag].fillna("") != ""]
+            xs = sorted(set(hit[x]) & set(stats.index))
+            if xs:
+                color = line.get_color() if flag == "client_bound" else "darkorange"
+                ax.plot(xs, stats.loc[xs].values, linestyle="none", markersize=13, markerfacecolor="none",
+                        markeredgecolor=color, markeredgewidth=1.5, **style)  # fmt: skip
+    _mark_failures(ax, df, x, series)
+    if log_x:
+        ax.set_xscale("log")
+    if log_y and drawn and (ok[y].dropna() > 0).all():
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    _legend(ax, df)
+    fig.tight_layout()
+    return to_svg(fig)
+
+
+def _mark_failures(ax: plt.Axes, df: pd.DataFrame, x: str, series: str) -> None:
+    foot = blended_transform_factory(ax.transData, ax.transAxes)
+    bad = df[df["status"] != STATUS_OK].drop_duplicates(subset=[series, x])
+    for _, row in bad.iterrows():
+        ax.plot(row[x], 0.03, marker="x", color="crimson", markersize=9, mew=2, transform=foot, clip_on=False)
+        ax.annotate(str(row[series]), (row[x], 0.07), xycoords=foot, fontsize=7, color="crimson", rotation=90)
+
+
+def _legend(ax: plt.Axes, df: pd.DataFrame) -> None:
+    handles, labels = ax.get_legend_handles_labels()
+    from matplotlib.lines import Line2D
+
+    if (df["status"] != STATUS_OK).any():
+        handles.append(Line2D([], [], marker="x", color="crimson", linestyle="none", mew=2))
+        labels.append("failed / skipped")
+    if "client_bound" in df.columns and _truthy(df["client_bound"]).any():
+        handles.append(Line2D([], [], marker="s", markerfacecolor="none", color="grey", linestyle="none"))
+        labels.append("client-bound")
+    if "disturbed" in df.columns and (df["disturbed"].fillna("") != "").any():
+        handles.append(Line2D([], [], marker="o", markerfacecolor="none", color="darkorange", linestyle="none"))
+        labels.append("disturbed")
+    if handles:
+        ax.legend(handles, labels, fontsize=7, loc="best")
