@@ -1,0 +1,286 @@
+"""io_uring: completion-based I/O. The server asks for operations and is told when they are done.
+
+One multishot accept SQE yields a completion per new connection. Each connection has one recv
+in flight, into a buffer the kernel picks from a shared provided-buffer ring when data arrives
+(so an idle connection holds no receive buffer); its data is sent back with send SQEs (a short
+send resubmits the rest). While a send is in flight the connection keeps receiving into a
+pending buffer, up to HIGH_WATER, so a peer that writes MiBs before it reads cannot deadlock
+it. Each loop iteration is one io_uring_enter: it submits every SQE queued since the last one
+and waits for at least one completion.
+
+An fd is closed (by a CLOSE SQE) only when nothing is in flight on it; a connection that fails
+with operations still in flight gets them cancelled first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import functools
+import itertools
+import os
+import signal
+import socket
+import time
+
+from servers import uring
+from servers.base import EchoServer, ServerFailure, ServerOptions
+from servers.connection import HIGH_WATER
+
+RING_ENTRIES = 4096
+CQ_ENTRIES = 16384
+# Shared by all connections: 512 x 32 KiB = 16 MiB, whatever the number of connections.
+BUFFER_COUNT = 512
+BUFFER_SIZE = 32 * 1024
+BUFFER_GROUP = 0
+SHUTDOWN_DRAIN_S = 0.5
+
+# user_data = connection id << 3 | operation; id 0 is the server's own operations.
+_ACCEPT, _RECV, _SEND, _CLOSE, _CANCEL, _WAKE, _CANCEL_ALL = range(7)
+_OP_BITS = 3
+_OP_MASK = (1 << _OP_BITS) - 1
+
+# A peer that vanished or a cancelled operation: close quietly, as the contract asks.
+# Anything else means a bug in this server and is reported as fatal rather than hidden.
+_BUG_ERRNOS = frozenset({errno.EFAULT, errno.EINVAL, errno.EBADF, errno.ENOTSOCK, errno.EOPNOTSUPP})
+# The process or system is out of descriptors or memory: wait for a connection to close.
+_ACCEPT_PAUSE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+_NOTHING = b""
+
+
+class _Conn:
+    __slots__ = ("cid", "fd", "out", "sent", "pending", "recv_busy", "send_busy", "cancel_busy", "eof", "dead")
+
+    def __init__(self, cid: int, fd: int) -> None:
+        self.cid = cid
+        self.fd = fd
+        self.out: bytes | bytearray = _NOTHING  # being sent; pinned by the ring while in flight
+        self.sent = 0  # bytes of `out` already sent
+        self.pending = bytearray()  # received while a send was in flight
+        self.recv_busy = False
+        self.send_busy = False
+        self.cancel_busy = False
+        self.eof = False
+        self.dead = False
+
+    @property
+    def unsent(self) -> int:
+        return len(self.out) - self.sent + len(self.pending)
+
+
+@functools.cache
+def _support_problem() -> str | None:
+    return uring.support_problem()
+
+
+class IoUringServer(EchoServer):
+    name = "io_uring"
+    category = "asynchronous"
+    supports_workers = True
+    mechanism = (
+        "completion-based io_uring: one multishot accept SQE, one recv SQE in flight per connection "
+        "(kernel-provided buffer ring), send SQEs for the echo; one io_uring_enter per loop iteration "
+        "submits the batch and waits for completions"
+    )
+    _ring: uring.Ring
+    _buffers: uring.BufferGroup
+
+    def __init__(self, options: ServerOptions) -> None:
+        super().__init__(options)
+        # _ring and _buffers are set by serve() (or a test's _attach).
+        self._lfd = -1
+        self._conns: dict[int, _Conn] = {}
+        self._closing: dict[int, int] = {}  # cid -> fd, while its CLOSE SQE is not completed
+        self._ids = itertools.count(1)
+        self._starved: list[_Conn] = []
+        self._accept_paused = False
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        return _support_problem()
+
+    def serve(self, listener: socket.socket) -> None:
+        # Kept before anything else can fail, so that close() releases the ring.
+        self._ring = ring = uring.Ring(RING_ENTRIES, CQ_ENTRIES)
+        self._attach(ring, uring.BufferGroup(ring, BUFFER_GROUP, BUFFER_COUNT, BUFFER_SIZE), listener.fileno())
+        # Accepted sockets inherit TCP_NODELAY from the listener: no setsockopt per connection.
+        listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._arm_wakeup()
+        ring.accept_multishot(self._lfd, _ACCEPT)
+        while True:
+            ring.submit(wait_nr=1)
+            self._dispatch(ring.completions())
+
+    def _attach(self, ring: uring.Ring, buffers: uring.BufferGroup, listen_fd: int) -> None:
+        self._ring, self._buffers, self._lfd = ring, buffers, listen_fd
+
+    def _dispatch(self, completions: list[tuple[int, int, int]]) -> None:
+        """Handle one batch of completions, queueing the SQEs they call for."""
+        conns = self._conns
+        for user_data, res, flags in completions:
+            op = user_data & _OP_MASK
+            if op == _RECV:
+                self._on_recv(conns[user_data >> _OP_BITS], res, flags)
+            elif op == _SEND:
+                self._on_send(conns[user_data >> _OP_BITS], res)
+            elif op == _CLOSE:
+                self._closing.pop(user_data >> _OP_BITS, None)
+            elif op == _CANCEL:
+                conn = conns[user_data >> _OP_BITS]
+                conn.cancel_busy = False
+                self._advance(conn)
+            elif op == _ACCEPT:
+                self._on_accept(res, flags)
+            elif op == _WAKE:
+                self._on_wakeup(res)
+        if self._starved:
+            # Their recv found the buffer ring empty; every buffer is back by now.
+            starved, self._starved = self._starved, []
+            for conn in starved:
+                if conns.get(conn.cid) is conn:  # not closed later in the same batch
+                    self._advance(conn)
+
+    # -- completions ----------------------------------------------------------------------
+
+    def _on_accept(self, res: int, flags: int) -> None:
+        if res >= 0:
+            conn = _Conn(next(self._ids), res)
+            self._conns[conn.cid] = conn
+            self._advance(conn)
+        elif -res in _BUG_ERRNOS:
+            raise ServerFailure(f"io_uring accept failed: {os.strerror(-res)}")
+        if flags & uring.CQE_F_MORE:
+            return
+        # The kernel ended the multishot accept (an error ends it): ask again, unless it would
+        # fail again at once for want of descriptors or memory; then a closing connection does.
+        if res < 0 and -res in _ACCEPT_PAUSE_ERRNOS:
+            self._accept_paused = True
+        else:
+            self._ring.accept_multishot(self._lfd, _ACCEPT)
+
+    def _on_recv(self, conn: _Conn, res: int, flags: int) -> None:
+        conn.recv_busy = False
+        # A completion that used a buffer says so, whatever its res: always give it back.
+        data = self._buffers.take(flags, res) if flags & uring.CQE_F_BUFFER else _NOTHING
+        if res > 0:
+            if conn.dead:
+                pass
+            elif not conn.send_busy:
+                # Nothing is owed (a live connection with no send in flight has sent it all).
+                conn.out, conn.sent = data, 0
+            else:
+                conn.pending += data
+        elif res == 0:
+            conn.eof = True
+        elif res == -errno.ENOBUFS:
+            self._starved.append(conn)
+            return
+        else:
+            self._failed(conn, "recv", res)
+        self._advance(conn)
+
+    def _on_send(self, conn: _Conn, res: int) -> None:
+        conn.send_busy = False
+        if res >= 0:
+            conn.sent += res
+        else:
+            self._failed(conn, "send", res)
+        self._advance(conn)
+
+    def _failed(self, conn: _Conn, what: str, res: int) -> None:
+        if -res in _BUG_ERRNOS:
+            raise ServerFailure(f"io_uring {what} failed: {os.strerror(-res)}")
+        conn.dead = True
+
+    def _on_wakeup(self, res: int) -> None:
+        # A signal arrived (its C-level handler wrote to the wakeup socket): run the Python
+        # handler now, which raises ServerShutdown for SIGTERM/SIGINT.
+        if res > 0:
+            self._ring.recv(self._wake_r.fileno(), self._wake_buf, _WAKE)
+        uring.run_signal_handlers()
+
+    # -- what a connection does next ------------------------------------------------------
+
+    def _advance(self, conn: _Conn) -> None:
+        """Queue whatever `conn` should do next, given what is in flight."""
+        ring, base = self._ring, conn.cid << _OP_BITS
+        if not conn.dead and not conn.send_busy:
+            if conn.sent == len(conn.out):
+                conn.out, conn.sent = _NOTHING, 0
+                if conn.pending:
+                    conn.out, conn.pending = conn.pending, bytearray()
+            if conn.out:
+                rest = memoryview(conn.out)[conn.sent :] if conn.sent else conn.out
+                ring.send(conn.fd, rest, base | _SEND)
+                conn.send_busy = True
+        if conn.dead or (conn.eof and not conn.send_busy):
+            if conn.recv_busy or conn.send_busy or conn.cancel_busy:
+                if conn.dead and not conn.cancel_busy:
+                    # Wake whatever is still in flight (a send to a peer that stopped reading
+                    # could wait forever); the fd is closed once its completions are in.
+                    ring.cancel_fd(conn.fd, base | _CANCEL)
+                    conn.cancel_busy = True
+                return
+            ring.close_fd(conn.fd, base | _CLOSE)
+            self._closing[conn.cid] = conn.fd
+            del self._conns[conn.cid]
+            if self._accept_paused and not ring.is_pending(_ACCEPT):
+                self._accept_paused = False
+                ring.accept_multishot(self._lfd, _ACCEPT)
+            return
+        if not conn.recv_busy and not conn.eof and (not conn.send_busy or conn.unsent < HIGH_WATER):
+            ring.recv_provided(conn.fd, self._buffers, base | _RECV)
+            conn.recv_busy = True
+
+    # -- signals and shutdown -------------------------------------------------------------
+
+    def _arm_wakeup(self) -> None:
+        # Python's C-level signal handler writes to the wakeup fd; with a recv in flight on the
+        # other end, a signal that lands just before io_uring_enter blocks still wakes it.
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_w.setblocking(False)
+        self._wake_buf = bytearray(64)
+        self._old_wakeup = signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        self._ring.recv(self._wake_r.fileno(), self._wake_buf, _WAKE)
+
+    def close(self) -> None:
+        ring: uring.Ring | None = getattr(self, "_ring", None)
+        if ring is None:
+            return
+        try:
+            self._drain(ring)
+        finally:
+            ring.close()
+            # After the ring: a request it may still hold keeps its own file reference, so
+            # closing these numbers cannot redirect an operation to a newer file.
+            for fd in [c.fd for c in self._conns.values()] + list(self._closing.values()):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self._conns.clear()
+            self._closing.clear()
+            if hasattr(self, "_old_wakeup"):
+                signal.set_wakeup_fd(self._old_wakeup)
+                self._wake_r.close()
+                self._wake_w.close()
+
+    def _drain(self, ring: uring.Ring) -> None:
+        """Cancel everything in flight and reap it, so no fd is closed under an operation."""
+        for user_data in ring.discard_unsubmitted():
+            if user_data & _OP_MASK != _CLOSE:
+                continue
+            # Never submitted: the fd is still open and close() above must close it.
+            cid = user_data >> _OP_BITS
+            if cid in self._closing:
+                self._conns.setdefault(cid, _Conn(cid, self._closing.pop(cid)))
+        if not ring.in_flight:
+            return
+        ring.cancel_all(_CANCEL_ALL)
+        deadline = time.monotonic() + SHUTDOWN_DRAIN_S
+        while ring.in_flight and (remaining := deadline - time.monotonic()) > 0:
+            ring.submit(wait_nr=1, timeout=remaining)
+            for user_data, res, _flags in ring.completions():
+                op = user_data & _OP_MASK
+                if op == _ACCEPT and res >= 0:
+                    os.close(res)  # accepted while shutting down
+                elif op == _CLOSE:
+                    self._closing.pop(user_data >> _OP_BITS, None)
