@@ -15,8 +15,9 @@ import pandas as pd
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from bench.columns import POINT_COLUMNS, STATUS_OK
+from bench.index_page import write_index
 from bench.report_plots import line_plot
-from bench.results_store import RunDirectory
+from bench.results_store import RunDirectory, write_text_atomic
 
 CONNECTIONS = "concurrent connections (log scale)"
 # (column, title, y label, log y)
@@ -181,7 +182,6 @@ def render_report(run_path: Path) -> Path:
         host=[(key, show_value(value)) for key, value in flatten_host(meta.get("host", {}))],
         profile=profile,
     )
-    tmp = run_dir.report_file.with_suffix(".html.tmp")
-    tmp.write_text(html)
-    tmp.replace(run_dir.report_file)
+    write_text_atomic(run_dir.report_file, html)
+    write_index(run_dir.path.parent)
     return run_dir.report_file

@@ -241,7 +241,9 @@ class StraceAttachment:
                 self.processes, self.threads = len(pids), len(tasks)
                 return
             if remaining(deadline) <= 0:
-                raise PointFailed(f"strace did not attach to {len(untraced)} of {len(tasks)} threads in {timeout:.0f} s")
+                raise PointFailed(
+                    f"strace did not attach to {len(untraced)} of {len(tasks)} threads in {timeout:.0f} s"
+                )
             time.sleep(0.01)
 
     def detach(self, timeout: float = DETACH_TIMEOUT_S) -> str:

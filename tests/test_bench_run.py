@@ -69,6 +69,8 @@ def test_tiny_sweep_writes_run_points_and_report(tmp_path):
     # Self-contained: nothing for a browser to fetch.
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html)
     assert "<link" not in html and "@import" not in html
+    index = (tmp_path / "index.html").read_text()
+    assert f'href="{run_dir.name}/report.html"' in index and meta["host"]["kernel"] in index
 
 
 @pytest.mark.timeout(90)
