@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     pin_to_cpus(args.cpus)
     try:
         server_cls = registry.load(args.model)
-    except (KeyError, ImportError) as exc:
+    except Exception as exc:  # noqa: BLE001 - any import failure of a model is reported as its reason
         emit({"event": "fatal", "model": args.model, "reason": str(exc).strip('"')})
         return 2
     reason = server_cls.unavailable_reason()

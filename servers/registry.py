@@ -73,7 +73,7 @@ def load(name: str) -> type[EchoServer]:
 def describe(name: str) -> ModelInfo:
     try:
         server = load(name)
-    except (ImportError, AttributeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - a broken model module must not break the others
         return ModelInfo(name, "?", "?", False, f"cannot import: {exc}")
     reason = server.unavailable_reason()
     return ModelInfo(name, server.category, server.mechanism, reason is None, reason or "")

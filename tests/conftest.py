@@ -1,0 +1,63 @@
+"""Fixtures shared by the conformance suite: every model by name, and servers cleaned up by PID."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import pytest
+from server_process import ALL_MODELS, SCALABLE_MODELS, ServerProcess, StartServer, describe
+
+
+def pytest_report_header() -> list[str]:
+    lines = []
+    for name in ALL_MODELS:
+        info = describe(name)
+        lines.append(f"  {name:12} {'available' if info.available else 'UNAVAILABLE: ' + info.reason}")
+    return ["I/O models:", *lines]
+
+
+def _require_available(name: str) -> str:
+    info = describe(name)
+    if not info.available:
+        pytest.skip(f"model {name} unavailable: {info.reason}")
+    return name
+
+
+@pytest.fixture(params=ALL_MODELS)
+def model(request: pytest.FixtureRequest) -> str:
+    """Each model by name; an unavailable one is skipped with its reason."""
+    return _require_available(request.param)
+
+
+@pytest.fixture(params=SCALABLE_MODELS)
+def scalable_model(request: pytest.FixtureRequest) -> str:
+    """Each model that must work past descriptor number 1024 (all but select)."""
+    return _require_available(request.param)
+
+
+@pytest.fixture
+def start_server() -> Iterator[StartServer]:
+    """`start_server(model, args=())` -> a ready ServerProcess; every one started is stopped
+    at teardown, and a server that needed SIGKILL or left a child behind fails the test."""
+    started: list[ServerProcess] = []
+
+    def start(name: str, args: Sequence[str] = ()) -> ServerProcess:
+        server = ServerProcess.start(name, args)
+        started.append(server)
+        return server
+
+    yield start
+    errors = []
+    for server in started:
+        try:
+            server.stop()
+        except AssertionError as exc:
+            errors.append(str(exc))
+    if errors:
+        pytest.fail("server clean-up failed:\n" + "\n".join(errors), pytrace=False)
+
+
+@pytest.fixture
+def server(model: str, start_server: StartServer) -> ServerProcess:
+    """A ready server of the parametrised model."""
+    return start_server(model)
