@@ -36,4 +36,25 @@ class NeverReadyServer(EchoServer):
         raise AssertionError("unreachable")
 
 
-EXTRA_MODELS = "crash=faulty_models:CrashOnAcceptServer,never-ready=faulty_models:NeverReadyServer"
+class UnavailableServer(EchoServer):
+    """A model this host cannot run, for the unavailable paths."""
+
+    name = "unavailable"
+    category = "test"
+    mechanism = "needs hardware nobody has"
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        return "needs a quantum NIC"
+
+    def serve(self, listener: socket.socket) -> None:
+        raise AssertionError("unreachable")
+
+
+EXTRA_MODELS = ",".join(
+    [
+        "crash=faulty_models:CrashOnAcceptServer",
+        "never-ready=faulty_models:NeverReadyServer",
+        "unavailable=faulty_models:UnavailableServer",
+    ]
+)

@@ -7,6 +7,7 @@ import json
 import re
 import signal
 import subprocess
+import sys
 import time
 
 import psutil
@@ -86,6 +87,30 @@ def test_crashing_and_never_ready_servers_are_failed_rows(tmp_path):
     assert rows["never-ready"]["status"] == "failed"
     assert "not ready within 2 s" in rows["never-ready"]["reason"]
     assert rows["poll"]["status"] == "ok"
+
+
+@pytest.mark.timeout(60)
+def test_unavailable_model_is_skipped_with_its_reason(tmp_path):
+    proc = run_bench(
+        "run", "--models", "unavailable,epoll", "--connections", "2", "--duration", "0.3", "--warmup", "0",
+        "--out", str(tmp_path), extra_models=EXTRA_MODELS,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["model"]: r for r in read_points(only_run_dir(tmp_path))}
+    assert rows["unavailable"]["status"] == "skipped"
+    assert rows["unavailable"]["reason"] == "unavailable here: needs a quantum NIC"
+    assert rows["epoll"]["status"] == "ok"
+    listing = run_bench("models", "--json", extra_models=EXTRA_MODELS)
+    models = {m["name"]: m for m in json.loads(listing.stdout)}
+    assert models["unavailable"]["available"] is False and models["epoll"]["available"] is True
+    server = subprocess.run(
+        [sys.executable, "-m", "servers", "unavailable"], capture_output=True, text=True, timeout=30,
+        env=bench_env(EXTRA_MODELS),
+    )  # fmt: skip
+    assert server.returncode == 2
+    assert json.loads(server.stdout) == {
+        "event": "fatal", "model": "unavailable", "reason": "unavailable: needs a quantum NIC",
+    }  # fmt: skip
 
 
 def _our_children(pid: int) -> list[psutil.Process]:
