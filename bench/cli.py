@@ -204,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     from bench.host import add_host_parser
 
     add_host_parser(sub)
+    from bench.compare import add_compare_parser
+
+    add_compare_parser(sub)
     return parser
 
 
