@@ -207,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     from bench.compare import add_compare_parser
 
     add_compare_parser(sub)
+    from bench.syscall_profile import add_profile_parser
+
+    add_profile_parser(sub)
     return parser
 
 

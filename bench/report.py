@@ -7,6 +7,7 @@ command that reproduces the run.
 
 from __future__ import annotations
 
+import json
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -140,21 +141,39 @@ def _fmt(value: object) -> str:
     return escape(str(value))
 
 
-def _syscalls(run_path: Path) -> list[dict[str, Any]]:
-    """The run's syscall profile (bench profile), top calls per request by model."""
-    path = run_path / SYSCALLS_FILE
-    if not path.exists():
-        return []
+def _profile_source(run_path: Path, meta: dict[str, Any]) -> Path | None:
+    """The run's own syscall profile, or else the newest `bench profile` run beside it made on
+    the same host and kernel (a profile is a separate run: strace slows the servers down)."""
+    if (run_path / SYSCALLS_FILE).exists():
+        return run_path
+    host = meta.get("host", {})
+    candidates = []
+    for sibling in run_path.parent.iterdir():
+        try:
+            other = json.loads((sibling / "run.json").read_text())
+        except (OSError, ValueError):
+            continue
+        same_host = other.get("host", {}).get("hostname") == host.get("hostname")
+        same_kernel = other.get("host", {}).get("kernel") == host.get("kernel")
+        if other.get("kind") == "profile" and same_host and same_kernel and (sibling / SYSCALLS_FILE).exists():
+            candidates.append((other.get("started", ""), sibling))
+    return max(candidates)[1] if candidates else None
+
+
+def _syscall_profile(run_path: Path, meta: dict[str, Any]) -> tuple[dict[str, str], str]:
+    """model -> 'recvfrom 1.00, sendto 1.00, ...' and where that profile came from."""
+    from bench.syscall_profile import format_top_syscalls, read_syscalls
+
+    source = _profile_source(run_path, meta)
+    if source is None:
+        return {}, ""
     try:
-        table = pd.read_csv(path)
-    except (OSError, ValueError, pd.errors.ParserError):
-        return []
-    out = []
-    for model, rows in table.groupby("model", sort=False):
-        top = rows.sort_values("calls_per_req", ascending=False).head(6)
-        calls = ", ".join(f"{r.syscall} {r.calls_per_req:.2f}" for r in top.itertuples())
-        out.append({"model": model, "calls": calls})
-    return out
+        rows = read_syscalls(source)
+    except (OSError, ValueError, KeyError):
+        return {}, ""
+    models = dict.fromkeys(r["model"] for r in rows)
+    origin = "this run" if source == run_path else f"profile run {source.name}"
+    return {m: format_top_syscalls(rows, m) for m in models}, origin
 
 
 def render_report(run_path: Path) -> Path:
@@ -171,7 +190,7 @@ def render_report(run_path: Path) -> Path:
     from bench.host import flatten_host, show_value
 
     env = Environment(loader=PackageLoader("bench", "templates"), autoescape=select_autoescape(["html", "j2"]))
-    profile = {entry["model"]: entry["calls"] for entry in _syscalls(run_dir.path)}
+    profile, profile_origin = _syscall_profile(run_dir.path, meta)
     html = env.get_template("report.html.j2").render(
         meta=meta,
         findings=findings(df, meta),
@@ -181,6 +200,7 @@ def render_report(run_path: Path) -> Path:
         counts=df["status"].value_counts().to_dict() if not df.empty else {},
         host=[(key, show_value(value)) for key, value in flatten_host(meta.get("host", {}))],
         profile=profile,
+        profile_origin=profile_origin,
     )
     write_text_atomic(run_dir.report_file, html)
     write_index(run_dir.path.parent)

@@ -5,12 +5,16 @@ select() call, a non-blocking server without a multiplexer pays many failed recv
 io_uring pays io_uring_enter and no recv/send at all.
 
 Method, per model: start the server and the closed-loop load workers as `bench run` does, open
-the connections, then attach `strace -c -f` to every process of the server's tree while it is
-idle, and only then start the load (no warm-up: an echo server has nothing to warm). strace is
-sent SIGINT a little before the load window ends, because the load workers close their
-connections at the window's end and the server's teardown calls are not per-request costs; the
-request count is scaled to the part of the window that was traced. Start-up and connection
-set-up are never traced.
+the connections and wait until the server has accepted them all (a fork server forks on accept),
+then attach `strace -c -f` to every process and thread of the server's tree while it is idle,
+and only then start the load, so that no request is in flight when the trace begins. Just
+before the load window ends the load workers (not the server) are frozen with SIGSTOP, the
+server finishes the echoes in flight, strace is detached with SIGINT (it writes its table) and
+the workers resume after their window: their teardown (closing every connection) is never
+traced, and the requests that match the traced calls are those the workers counted plus the
+echoes waiting unread in their receive queues. Detaching while the load still ran would be
+wrong in a less obvious way: untraced, the server speeds up many times, so the last moments
+of the window hold far more than their share of the requests. Start-up is never traced.
 
 What the numbers are: counts of calls and of failed calls, not timings. ptrace stops the server
 twice per system call, so it runs many times slower than untraced, and a model whose call mix
@@ -37,6 +41,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import psutil
+
+from bench.columns import STATUS_FAILED, STATUS_OK, STATUS_SKIPPED
 from bench.cpus import Pinning, default_pinning, parse_pinning
 from bench.errors import PointFailed, UsageError
 from bench.host import describe_host
@@ -50,18 +57,23 @@ SYSCALLS_FILE = "syscalls.csv"
 SYSCALL_COLUMNS = ["model", "syscall", "calls", "errors", "calls_per_req", "errors_per_req", "requests"]
 STRACE_DIR = "strace"
 KIND = "profile"
-STATUS_OK, STATUS_FAILED, STATUS_SKIPPED = "ok", "failed", "skipped"
 
-# strace is stopped this long before the window's end: the workers close every connection
-# at the end, and the server's close/EOF handling must not be counted as per-request work.
+# The load workers are frozen this long before their window ends: at the end they close every
+# connection, and the server's close/EOF handling is not per-request work.
 DETACH_MARGIN_S = 0.05
+# After the freeze the server has finished the echoes in flight once nothing changed for this
+# long (a reader thread may hold a request for a moment before its writer sends it).
+DRAIN_SETTLE_S = 0.05
+DRAIN_TIMEOUT_S = 2.0
 ATTACH_TIMEOUT_S = 15.0
 DETACH_TIMEOUT_S = 15.0
 TOP_SYSCALLS = 6
 
 METHOD_NOTE = (
-    "strace -c -f attached to the server's whole process tree after its connections were open, "
-    "detached just before the load window ended; requests scaled to the traced part of the window. "
+    "strace -c -f attached to the server's whole process tree once every connection was accepted, "
+    "before the closed-loop load started; at the end the load workers were frozen (SIGSTOP), the "
+    "echoes in flight drained and strace detached (SIGINT) before the workers closed anything. "
+    "requests = completed and counted by the workers + echoes served but still unread by them. "
     "Counts, not timings: under ptrace the server runs many times slower than untraced."
 )
 
@@ -76,52 +88,41 @@ class SyscallCount:
 def parse_strace_summary(text: str) -> dict[str, SyscallCount]:
     """The per-syscall rows of a `strace -c` table (the 'total' row left out).
 
-    Columns are found from the dashed rule under the header, because empty cells (no errors)
-    leave nothing to split on."""
+    Columns are cut where the dashed rule under the header puts them, because an empty cell
+    (no errors) leaves nothing to split on."""
     lines = text.splitlines()
     counts: dict[str, SyscallCount] = {}
-    for i, line in enumerate(lines):
-        if not line.startswith("% time") or i + 1 >= len(lines):
+    for i, line in enumerate(lines[:-1]):
+        if not line.startswith("% time"):
             continue
-        spans = _column_spans(lines[i + 1])
-        names = [line[a:b].strip() if b is not None else line[a:].strip() for a, b in _widen(spans)]
+        columns = _columns(line, lines[i + 1])
         for row in lines[i + 2 :]:
             if row.startswith("---"):
                 break
-            cells = {n: (row[a:b] if b is not None else row[a:]).strip() for n, (a, b) in zip(names, _widen(spans))}
+            cells = {name: row[start:end].strip() for name, start, end in columns}
             name = cells.get("syscall", "")
             if not name or name == "total":
                 continue
             calls = int(cells.get("calls") or 0)
             errors = int(cells.get("errors") or 0)
-            # With several personalities strace prints one table each; a name adds up.
-            old = counts.get(name)
-            if old is not None:
+            # strace prints one table per personality (64/32-bit); a name seen twice adds up.
+            if (old := counts.get(name)) is not None:
                 calls, errors = calls + old.calls, errors + old.errors
             counts[name] = SyscallCount(name, calls, errors)
     return counts
 
 
-def _column_spans(rule: str) -> list[tuple[int, int]]:
-    spans, start = [], None
-    for pos, ch in enumerate(rule + " "):
-        if ch == "-" and start is None:
-            start = pos
-        elif ch != "-" and start is not None:
-            spans.append((start, pos))
-            start = None
-    return spans
-
-
-def _widen(spans: list[tuple[int, int]]) -> list[tuple[int, int | None]]:
-    # Each column runs from just after the previous rule to the end of its own; the last one
-    # (the syscall name) to the end of the line, since names can be longer than the rule.
-    out: list[tuple[int, int | None]] = []
-    prev = 0
-    for k, (_, end) in enumerate(spans):
-        out.append((prev, None if k == len(spans) - 1 else end))
-        prev = end
-    return out
+def _columns(header: str, rule: str) -> list[tuple[str, int, int | None]]:
+    """(name, start, end) per column: numbers are right-aligned to their rule's end, so a cell
+    runs from the previous rule's end to its own; the last (the name) to the end of the line."""
+    ends = [m for m in range(1, len(rule) + 1) if rule[m - 1] == "-" and (m == len(rule) or rule[m] != "-")]
+    columns: list[tuple[str, int, int | None]] = []
+    start = 0
+    for k, end in enumerate(ends):
+        last = k == len(ends) - 1
+        columns.append((header[start : None if last else end].strip(), start, None if last else end))
+        start = end
+    return columns
 
 
 @dataclass
@@ -132,9 +133,9 @@ class ModelProfile:
     status: str = STATUS_FAILED
     reason: str = ""
     requests: int = 0
-    traced_fraction: float = 0.0
     window_requests: int = 0
-    window_s: float = 0.0
+    served_uncounted: int = 0
+    traced_s: float = 0.0
     rps_under_strace: float = 0.0
     load_errors: dict[str, int] = field(default_factory=dict)
     traced_processes: int = 0
@@ -332,52 +333,71 @@ def profile_model(model: str, config: ProfileConfig, strace: str, out_dir: Path)
     server = ServerUnderTest(model, config.pinning.server)
     tracer = StraceAttachment(strace, out_dir / f"{model}.txt", config.pinning.server)
     load: LoadWorkers | None = None
+    paused: list[int] = []
     try:
         server.start(config.ready_timeout_s)
         load = LoadWorkers(server.host, server.port, plan, config.pinning.client, workers)
         load.start()
         connect = load.wait_connected(timeout=30 + config.connections / 200)
-        if (reason := server.failure()) is not None:
-            raise PointFailed(reason)
         if connect.connected < config.connections:
             raise PointFailed(f"only {connect.connected} of {config.connections} connections opened")
+        # A client's connect() returns once the kernel queued it; a model that accepts lazily
+        # (fork: one fork per accept) must have made its processes before strace attaches, or
+        # set-up would be counted as per-request work and the new children's calls missed.
+        _wait_accepted(server, config.connections, config.ready_timeout_s)
         tracer.attach(server.pid)
         profile.traced_processes, profile.traced_threads = tracer.processes, tracer.threads
+        attached_at = time.monotonic()
+        # No warm-up: the load starts with strace already attached, so nothing is in flight
+        # at the trace's start, and every request counted has all its server calls traced.
         window = load.schedule(0.0, config.duration_s)
-        stop_at = max(window[0], window[1] - DETACH_MARGIN_S)
-        while time.monotonic() < stop_at and server.failure() is None:
-            time.sleep(min(0.05, max(0.0, stop_at - time.monotonic())))
-        detached_at = time.monotonic()
+        _sleep_until(window[1] - DETACH_MARGIN_S, server)
+        # The trace's end: freeze the load workers (not the server) before their window ends
+        # and they close their connections, let the server finish the echoes in flight, then
+        # detach. Requests the server served but the frozen workers have not counted yet are
+        # the echoes waiting in the clients' receive queues: added to the count below.
+        paused_at = time.monotonic()
+        paused = _signal_all([p.pid for p in load.popens], signal.SIGSTOP)
+        served_uncounted, settled = _drain(server.port, DRAIN_TIMEOUT_S)
+        detach_from = time.monotonic()
         summary = tracer.detach()
-        profile.detach_s = time.monotonic() - detached_at
-        result = load.collect(timeout=max(window[1] - time.monotonic(), 0) + 15)
+        profile.detach_s = time.monotonic() - detach_from
+        profile.traced_s = time.monotonic() - attached_at
+        # Resumed after the window's end, the workers count nothing more: what they counted
+        # is exactly what completed before they were frozen.
+        _sleep_until(window[1] + 0.01)
+        _signal_all(paused, signal.SIGCONT)
+        paused = []
+        result = load.collect(timeout=15)
         if (reason := server.failure()) is not None:
             raise PointFailed(reason)
         profile.counts = parse_strace_summary(summary)
         profile.window_requests = result.requests
-        profile.window_s = result.duration_s
+        profile.served_uncounted = served_uncounted
         profile.load_errors = {k: v for k, v in result.errors.items() if v}
-        if result.requests == 0 or result.duration_s <= 0:
-            raise PointFailed("no request completed in the window")
+        loaded_s = paused_at - result.window_start
+        if result.requests == 0 or loaded_s <= 0:
+            raise PointFailed(f"no request completed in the window ({_kinds(profile.load_errors) or 'no errors'})")
         if not profile.counts:
             raise PointFailed("strace counted no system calls")
-        # Requests completed at a steady rate; only those before the detach had their calls counted.
-        profile.traced_fraction = min(1.0, max(0.0, (detached_at - result.window_start) / result.duration_s))
-        profile.requests = round(result.requests * profile.traced_fraction)
-        profile.rps_under_strace = result.requests / result.duration_s
-        if profile.requests <= 0:
-            raise PointFailed("no request completed while strace was attached")
+        profile.requests = result.requests + served_uncounted
+        profile.rps_under_strace = result.requests / loaded_s
         profile.status = STATUS_OK
         notes = [*server.warnings]
+        if not settled:
+            notes.append(
+                f"server still busy {DRAIN_TIMEOUT_S:g} s after the load paused: counts may include extra work"
+            )
         if profile.load_errors:
-            notes.append("load errors: " + " ".join(f"{k}={v}" for k, v in sorted(profile.load_errors.items())))
+            notes.append(f"load errors: {_kinds(profile.load_errors)}")
         profile.reason = "; ".join(notes)
     except PointFailed as exc:
         profile.status = STATUS_FAILED
         profile.reason = "; ".join([str(exc), *server.warnings])
     finally:
-        # strace first: a server stopped while traced would have its exit counted, and a
-        # tracer left attached would hold its tracees.
+        # Frozen workers would ignore SIGTERM; strace before the server, so that the server's
+        # shutdown is not traced and no tracer is left holding a process.
+        _signal_all(paused, signal.SIGCONT)
         tracer.stop()
         if load is not None:
             load.stop()
@@ -385,19 +405,114 @@ def profile_model(model: str, config: ProfileConfig, strace: str, out_dir: Path)
     return profile
 
 
+def _sleep_until(when: float, server: ServerUnderTest | None = None) -> None:
+    # Waiting for a point on the shared clock; a server that died ends the wait early.
+    while (delay := when - time.monotonic()) > 0:
+        if server is not None and server.failure() is not None:
+            return
+        time.sleep(min(delay, 0.05))
+
+
+def _signal_all(pids: list[int], signum: int) -> list[int]:
+    """Signal our own children by PID; returns those that got it."""
+    done = []
+    for pid in pids:
+        try:
+            os.kill(pid, signum)
+            done.append(pid)
+        except ProcessLookupError:
+            continue
+    return done
+
+
+def _wait_accepted(server: ServerUnderTest, connections: int, timeout: float) -> None:
+    deadline = deadline_in(timeout)
+    while True:
+        if (reason := server.failure()) is not None:
+            raise PointFailed(reason)
+        accepted = _accepted(server.pid, server.port)
+        if accepted >= connections:
+            return
+        if remaining(deadline) <= 0:
+            raise PointFailed(f"server accepted only {accepted} of {connections} connections in {timeout:.0f} s")
+        time.sleep(0.02)
+
+
+def _accepted(pid: int, port: int) -> int:
+    """Connections on `port` held open by the server's process tree (accepted, not queued)."""
+    seen = set()
+    for proc in process_tree(pid):
+        try:
+            conns = proc.net_connections(kind="tcp4")
+        except (psutil.Error, OSError):
+            continue
+        for c in conns:
+            if c.status == psutil.CONN_ESTABLISHED and c.laddr and c.laddr.port == port and c.raddr:
+                seen.add((c.laddr, c.raddr))
+    return len(seen)
+
+
+def _tcp_receive_queues(port: int) -> tuple[list[int], list[int]]:
+    """Bytes waiting in the receive queues of the server's sockets on `port` and of the clients'
+    sockets connected to it (established loopback IPv4 connections only)."""
+    server_rx: list[int] = []
+    client_rx: list[int] = []
+    with open("/proc/net/tcp") as fh:
+        next(fh, None)
+        for line in fh:
+            f = line.split()
+            if len(f) < 5 or f[3] != "01":  # 01: ESTABLISHED
+                continue
+            rx = int(f[4].split(":")[1], 16)
+            if int(f[1].rsplit(":", 1)[1], 16) == port:
+                server_rx.append(rx)
+            elif int(f[2].rsplit(":", 1)[1], 16) == port:
+                client_rx.append(rx)
+    return server_rx, client_rx
+
+
+def _drain(port: int, timeout: float) -> tuple[int, bool]:
+    """Wait until the server has read every request sent to it and its echoes stopped arriving.
+
+    Returns the number of client connections holding an echo they have not read (requests
+    served but not counted) and whether the server settled in time."""
+    deadline = deadline_in(timeout)
+    last: int | None = None
+    stable_since = time.monotonic()
+    waiting = 0
+    while remaining(deadline) > 0:
+        server_rx, client_rx = _tcp_receive_queues(port)
+        waiting = sum(1 for rx in client_rx if rx > 0)
+        now = time.monotonic()
+        if any(server_rx) or waiting != last:
+            last, stable_since = waiting, now
+        elif now - stable_since >= DRAIN_SETTLE_S:
+            return waiting, True
+        time.sleep(0.005)
+    return waiting, False
+
+
+def _kinds(errors: dict[str, int]) -> str:
+    return " ".join(f"{k}={v}" for k, v in sorted(errors.items()) if v)
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def run_profile(
-    config: ProfileConfig, strace: str, on_model: Callable[[ModelProfile], None] | None = None
+    config: ProfileConfig,
+    strace: str,
+    on_model: Callable[[ModelProfile], None] | None = None,
+    run_dir: RunDirectory | None = None,
 ) -> tuple[RunDirectory, list[ModelProfile]]:
-    """Profile every model in turn into a new run directory; syscalls.csv grows model by model
-    so an interrupted run keeps what it measured."""
+    """Profile every model in turn into `run_dir` (default: a new one under config.out);
+    syscalls.csv grows model by model so an interrupted run keeps what it measured."""
     from servers import registry
 
-    run_id = new_run_id()
-    run_dir = RunDirectory.create(config.out, run_id)
+    if run_dir is None:
+        run_dir = RunDirectory.create(config.out, new_run_id())
+    run_id = run_dir.path.name
     traces = run_dir.path / STRACE_DIR
     traces.mkdir()
     _write_header(run_dir.path / SYSCALLS_FILE)
@@ -486,6 +601,16 @@ def top_syscalls(rows: list[dict[str, Any]], model: str, n: int = TOP_SYSCALLS) 
     return sorted(mine, key=lambda r: (-r["calls_per_req"], r["syscall"]))[:n]
 
 
+def format_top_syscalls(rows: list[dict[str, Any]], model: str, n: int = TOP_SYSCALLS) -> str:
+    """'recvfrom 2.45 (1.45 failed), sendto 1.00, ...': the failures are the point for some
+    models (non-blocking polling, edge-triggered draining), so they are shown beside the calls."""
+    cells = []
+    for r in top_syscalls(rows, model, n):
+        failed = f" ({r['errors_per_req']:.2f} failed)" if r["errors"] else ""
+        cells.append(f"{r['syscall']} {r['calls_per_req']:.2f}{failed}")
+    return ", ".join(cells)
+
+
 def print_summary(profiles: list[ModelProfile], run_path: Path) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -496,19 +621,17 @@ def print_summary(profiles: list[ModelProfile], run_path: Path) -> None:
         "requests",
         "req/s (traced)",
         "calls/req",
-        f"top system calls per request (errors per request), first {TOP_SYSCALLS}",
+        "top calls per request (failed per request)",
         title="System calls per request (strace -c -f; counts, not timings)",
     )
     for p in profiles:
         if p.status != STATUS_OK:
             table.add_row(p.model, "", "", "", f"[red]{p.status}[/red]: {p.reason}")
             continue
-        cells = []
-        for r in top_syscalls(rows, p.model):
-            err = f" ({r['errors_per_req']:.2f} err)" if r["errors"] else ""
-            cells.append(f"{r['syscall']} {r['calls_per_req']:.2f}{err}")
         total = sum(c.calls for c in p.counts.values()) / p.requests
-        table.add_row(p.model, f"{p.requests:,}", f"{p.rps_under_strace:,.0f}", f"{total:.2f}", ", ".join(cells))
+        table.add_row(
+            p.model, f"{p.requests:,}", f"{p.rps_under_strace:,.0f}", f"{total:.2f}", format_top_syscalls(rows, p.model)
+        )
     console = Console()
     console.print(table)
     console.print(
@@ -612,12 +735,18 @@ def cmd_profile(args: argparse.Namespace) -> int:
         detail = f"{p.requests:,} requests traced" if p.status == STATUS_OK else p.reason
         print(f"{p.model:>12} {p.status}: {detail}", flush=True)
 
+    from bench.report import render_report
+
+    run_dir = RunDirectory.create(config.out, new_run_id())
     with _harness_context(config.pinning.client):
         try:
-            run_dir, profiles = run_profile(config, strace, on_model=progress)
+            _, profiles = run_profile(config, strace, on_model=progress, run_dir=run_dir)
         except KeyboardInterrupt:
             print("interrupted: the models profiled so far are kept", file=sys.stderr)
+            if run_dir.run_file.exists():
+                render_report(run_dir.path)
             return 130
     print_summary(profiles, run_dir.path)
-    print(f"run directory: {run_dir.path}\nsyscalls: {run_dir.path / SYSCALLS_FILE}")
+    report = render_report(run_dir.path)
+    print(f"run directory: {run_dir.path}\nsyscalls: {run_dir.path / SYSCALLS_FILE}\nreport: {report}")
     return 0
