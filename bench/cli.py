@@ -14,6 +14,8 @@ from bench.cpus import default_pinning, parse_pinning
 from bench.errors import UsageError
 
 DEFAULT_CONNECTIONS = "1,10,100,1000,2000"
+# The model column of points driven against --target: the harness does not know what runs there.
+EXTERNAL_MODEL = "external"
 
 
 def _int_list(text: str, name: str, minimum: int = 1) -> list[int]:
@@ -49,7 +51,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bench.report import render_report
     from bench.sweep import RunConfig, run_sweep
 
-    models, unavailable = _models(args.models)
+    if args.target:
+        from bench.target import parse_target
+
+        target = parse_target(args.target, args.allow_remote)
+        if args.models != "all":
+            raise UsageError("--target drives a server started elsewhere; --models does not apply")
+        if args.server_workers != 1 or args.fork_cap != 1000:
+            raise UsageError("--server-workers and --fork-cap apply to servers bench starts, not to --target")
+        models, unavailable = [EXTERNAL_MODEL], {}
+    else:
+        if args.allow_remote:
+            raise UsageError("--allow-remote applies to --target only")
+        target = ""
+        models, unavailable = _models(args.models)
     if not models:
         raise UsageError("no model is available on this host (see `bench models`)")
     try:
@@ -90,6 +105,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         fork_cap=int(_positive(args.fork_cap, "--fork-cap")),
         slo_p99_us=slo_p99_us,
         quiet_wait_s=_positive(args.quiet_wait, "--quiet-wait", allow_zero=True),
+        target=target,
     )
     _stop_on_sigterm()
     try:
@@ -182,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--find-max", action="store_true", help="search the highest open-loop rate meeting --slo")
     load.add_argument("--slo", default="", help="latency objective for --find-max, e.g. p99=2ms")
     server = run.add_argument_group("server")
+    server.add_argument("--target", default="", help="HOST:PORT of a server started elsewhere (e.g. by bench serve)")
+    server.add_argument("--allow-remote", action="store_true", help="let --target name a non-loopback address")
     server.add_argument("--server-workers", type=int, default=1, help="SO_REUSEPORT processes (event-driven models)")
     server.add_argument("--fork-cap", type=int, default=1000, help="live children the fork model may have")
     noise = run.add_argument_group("noise")
@@ -210,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     from bench.syscall_profile import add_profile_parser
 
     add_profile_parser(sub)
+    from bench.serve import add_serve_parser
+
+    add_serve_parser(sub)
     return parser
 
 

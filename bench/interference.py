@@ -59,10 +59,13 @@ class Interference:
     @property
     def disturbed(self) -> str:
         """Why the window is not to be trusted, or '' when it is."""
+        return self.disturbed_by()
+
+    def disturbed_by(self, steal_only: bool = False) -> str:
         why = []
         if self.steal_pct > STEAL_LIMIT_PCT:
             why.append(f"steal {self.steal_pct:.1f}%")
-        if self.foreign_cpu_pct > FOREIGN_LIMIT_PCT:
+        if not steal_only and self.foreign_cpu_pct > FOREIGN_LIMIT_PCT:
             why.append(f"other processes used {self.foreign_cpu_pct:.1f}% of the CPUs")
         return ", ".join(why)
 

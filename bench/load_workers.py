@@ -3,6 +3,7 @@ one shared schedule, collect and merge their results."""
 
 from __future__ import annotations
 
+import ipaddress
 import subprocess
 import time
 from collections import Counter
@@ -60,6 +61,13 @@ class LoadResult:
         return max(0.0, self.window_end - self.window_start)
 
 
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def worker_count(plan: LoadPlan, client_cpus: int) -> int:
     by_fds = -(-(plan.connections + plan.idle) // MAX_CONNECTIONS_PER_WORKER)
     # One worker per client CPU once there is enough work to share; never idle workers.
@@ -84,7 +92,8 @@ class LoadWorkers:
 
     def start(self) -> None:
         plan = self.plan
-        spread = addresses_needed(plan.connections + plan.idle)
+        # Source addresses in 127.0.0.0/8 reach only a server on this host.
+        spread = addresses_needed(plan.connections + plan.idle) if is_loopback(self.host) else 1
         first = 0
         for wid, (active, idle) in enumerate(zip(self.active, self.idle, strict=True)):
             args = ["--host", self.host, "--port", str(self.port), "--workload", plan.workload]

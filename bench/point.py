@@ -16,11 +16,11 @@ from bench.child import format_cpus
 from bench.columns import STATUS_FAILED, STATUS_OK, STATUS_SKIPPED
 from bench.cpus import Pinning
 from bench.errors import PointFailed
-from bench.interference import Interference, compare, snapshot, wait_for_quiet
+from bench.interference import HostSnapshot, Interference, compare, snapshot, wait_for_quiet
 from bench.load_workers import LoadPlan, LoadResult, LoadWorkers, worker_count
 from bench.preflight import preflight
 from bench.sampler import TreeSample, TreeSampler, WindowUsage, sample_tree
-from bench.server_control import ServerUnderTest
+from bench.server_control import ExternalServer, ServerUnderTest
 from loadgen.histogram import encode, merge, summarize
 
 SAMPLE_INTERVAL_S = 0.25
@@ -39,6 +39,8 @@ class PointSpec:
     rate: float = 0.0
     server_workers: int = 1
     fork_cap: int = 1000
+    # "host:port" of a server started elsewhere (bench run --target); empty: start our own.
+    target: str = ""
 
     @property
     def point_id(self) -> str:
@@ -110,12 +112,17 @@ def _measure(
     if timing.quiet_wait_s > 0:
         waited, _busy = wait_for_quiet(timing.quiet_wait_s)
         row["quiet_wait_s"] = waited
-    server = ServerUnderTest(spec.model, pinning.server, extra=extra)
+    server: ServerUnderTest | ExternalServer
+    if spec.target:
+        host, _, port = spec.target.rpartition(":")
+        server = ExternalServer(host, int(port))
+    else:
+        server = ServerUnderTest(spec.model, pinning.server, extra=extra)
     load: LoadWorkers | None = None
     try:
         server.start(timing.ready_timeout_s)
         # Memory before any connection, so that memory per connection is a difference.
-        baseline = sample_tree(server.pid, with_uss=True)
+        baseline = sample_tree(server.pid, with_uss=True) if server.pid else None
         load = LoadWorkers(server.host, server.port, spec.load_plan, pinning.client, workers)
         load.start()
         # Generous: thousands of connects against a slow accept loop take seconds.
@@ -134,10 +141,14 @@ def _measure(
         if spec.workload == "churn":
             histograms["connect"] = encode(merge(result.connect_histograms))
         _fill_measurements(row, spec, result, usage, connect.errors, len(pinning.server))
-        if usage is not None and host is not None:
-            interference = compare(host[0], host[1], usage.cpu_user_s + usage.cpu_sys_s + result.cpu_s)
-            _fill_costs(row, spec, result.requests, usage, baseline, interference)
-            histograms["per_cpu_pct"] = interference.per_cpu
+        server_cpu = usage.cpu_user_s + usage.cpu_sys_s if usage is not None else 0.0
+        interference = compare(host[0], host[1], server_cpu + result.cpu_s)
+        if usage is not None:
+            _fill_costs(row, spec, result.requests, usage, baseline)
+        # A target's server is not ours to measure: its CPU would read as "foreign", so only
+        # steal can call such a window disturbed.
+        _fill_host(row, interference, steal_only=bool(spec.target))
+        histograms["per_cpu_pct"] = interference.per_cpu
         if (reason := server.failure()) is not None:
             raise PointFailed(reason)
         expected = 0 if spec.workload == "churn" else spec.connections + spec.idle
@@ -151,6 +162,8 @@ def _measure(
             raise PointFailed(f"no request completed in the window ({_kinds(result.errors) or 'no errors'})")
         row["status"] = STATUS_OK
         notes = [*server.warnings]
+        if spec.target:
+            notes.append(f"server metrics unavailable: external server at {spec.target}")
         if row["errors"]:
             notes.append(f"{row['errors']} errors: {row['error_kinds']}")
         if row["client_bound"]:
@@ -169,26 +182,28 @@ def _measure(
     return row, histograms
 
 
-def _watch_window(server: ServerUnderTest, window: tuple[float, float]) -> tuple[WindowUsage | None, tuple | None]:
-    """Sample the server's tree, and the host's CPUs, from the window's start to its end;
-    stop early if the server died."""
+def _watch_window(
+    server: ServerUnderTest | ExternalServer, window: tuple[float, float]
+) -> tuple[WindowUsage | None, tuple[HostSnapshot, HostSnapshot]]:
+    """Sample the server's tree (when it is ours), and the host's CPUs, from the window's
+    start to its end; stop early if the server died."""
     _sleep_until(window[0])
     before = snapshot()
-    sampler = TreeSampler(server.pid)
-    sampler.begin()
+    sampler = TreeSampler(server.pid) if server.pid else None
+    if sampler is not None:
+        sampler.begin()
     while time.monotonic() < window[1]:
         if server.failure() is not None:
             break
         _sleep_until(min(window[1], time.monotonic() + SAMPLE_INTERVAL_S))
-        sampler.tick()
+        if sampler is not None:
+            sampler.tick()
     after = snapshot()
-    return sampler.end(), (before, after)
+    return (sampler.end() if sampler is not None else None), (before, after)
 
 
-def _fill_costs(
-    row: dict, spec: PointSpec, requests: int, usage: WindowUsage, baseline: TreeSample | None, host: Interference
-) -> None:
-    """What each request and each connection cost, and what else the host was doing."""
+def _fill_costs(row: dict, spec: PointSpec, requests: int, usage: WindowUsage, baseline: TreeSample | None) -> None:
+    """What each request and each connection cost the server."""
     if requests:
         row["server_cpu_user_us_per_req"] = usage.cpu_user_s * 1e6 / requests
         row["server_cpu_sys_us_per_req"] = usage.cpu_sys_s * 1e6 / requests
@@ -199,11 +214,15 @@ def _fill_costs(
     held = spec.connections + spec.idle
     if spec.workload != "churn" and held and usage.uss_bytes is not None and baseline and baseline.uss_bytes:
         row["mem_per_conn_bytes"] = (usage.uss_bytes - baseline.uss_bytes) / held
+
+
+def _fill_host(row: dict, host: Interference, steal_only: bool = False) -> None:
+    """What else the host was doing during the window."""
     row["softirq_pct"] = host.softirq_pct
     row["steal_pct"] = host.steal_pct
     row["foreign_cpu_pct"] = host.foreign_cpu_pct
     row["host_busy_pct"] = host.busy_pct
-    row["disturbed"] = host.disturbed
+    row["disturbed"] = host.disturbed_by(steal_only)
 
 
 def _sleep_until(when: float) -> None:

@@ -42,13 +42,13 @@ def preflight(spec: PointSpec, client_workers: int) -> str | None:
     total = spec.connections + spec.idle
     limit = nofile_limit()
     try:
-        server = registry.load(spec.model)
+        server = None if spec.target else registry.load(spec.model)
     except (KeyError, ImportError, AttributeError):
         server = None
     if spec.server_workers > 1 and server is not None and not server.supports_workers:
         return f"{spec.model} cannot run as {spec.server_workers} server workers: only event-driven models can"
     per_server_process = -(-total // spec.server_workers) + SERVER_FD_MARGIN
-    if spec.workload != "churn" and per_server_process > limit:
+    if not spec.target and spec.workload != "churn" and per_server_process > limit:
         need = -(-total // (limit - SERVER_FD_MARGIN))
         can_spread = server is not None and server.supports_workers
         hint = f"use --server-workers {need}" if can_spread else "lower --connections"

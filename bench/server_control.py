@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 
 from bench.child import format_cpus
@@ -17,19 +18,16 @@ class ServerUnderTest:
         self.host = host
         self.extra = extra or []
         self.popen: subprocess.Popen | None = None
+        self.pid: int | None = None
         self.port = 0
         self.warnings: list[str] = []
         self.fatal: str | None = None
         self.exit_s: float | None = None
 
-    @property
-    def pid(self) -> int:
-        assert self.popen is not None
-        return self.popen.pid
-
     def start(self, ready_timeout: float = 15.0) -> None:
         args = [self.model, "--host", self.host, "--port", "0", "--cpus", format_cpus(self.cpus), *self.extra]
         self.popen = spawn_python("servers", args)
+        self.pid = self.popen.pid
         self._out = MessageReader(self.popen.stdout, f"{self.model}-stdout")
         self._err = MessageReader(self.popen.stderr, f"{self.model}-stderr")
         deadline = deadline_in(ready_timeout)
@@ -83,3 +81,28 @@ class ServerUnderTest:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class ExternalServer:
+    """A server the harness did not start (`bench run --target`): nothing to start, watch or
+    stop, and no server-side metrics; the host and port are the user's."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+        self.pid: int | None = None
+        self.warnings: list[str] = []
+        self.exit_s: float | None = None
+
+    def start(self, ready_timeout: float = 15.0) -> None:
+        # One connection to learn, before the workers start, that something listens there.
+        try:
+            socket.create_connection((self.host, self.port), timeout=min(ready_timeout, 5.0)).close()
+        except OSError as exc:
+            raise PointFailed(f"cannot connect to the target {self.host}:{self.port}: {exc.strerror or exc}") from exc
+
+    def failure(self) -> str | None:
+        return None
+
+    def stop(self) -> None:
+        return None

@@ -39,6 +39,7 @@ class RunConfig:
     fork_cap: int = 1000
     slo_p99_us: float | None = None
     quiet_wait_s: float = 0.0
+    target: str = ""
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -69,6 +70,7 @@ def plan(config: RunConfig) -> list[PointSpec]:
                             rate=config.rate if config.workload == "open" else 0.0,
                             server_workers=config.server_workers,
                             fork_cap=config.fork_cap,
+                            target=config.target,
                         )
                     )
     return specs
@@ -90,7 +92,7 @@ def run_sweep(config: RunConfig, on_point: Callable[[dict, Path], None] | None =
         "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "config": config.as_dict(),
         "points_planned": len(specs),
-        "models": [registry.describe(m).as_dict() for m in config.models],
+        "models": [registry.describe(m).as_dict() for m in config.models if not config.target],
         "host": describe_host(config.pinning.as_dict()),
     }
     run_dir.write_run(meta)

@@ -1,0 +1,77 @@
+"""`bench serve MODEL`: one reference server in the foreground, for load from elsewhere.
+
+Prints the server's JSON ready line on stdout (so scripts can read the port), runs for at
+most --duration seconds, and stops the server and everything it started on Ctrl-C, SIGTERM or
+when the time is up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+
+from bench.errors import UsageError
+from bench.processes import spawn_python, terminate_tree
+
+
+def add_serve_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    serve = subparsers.add_parser("serve", help="run one reference server in the foreground")
+    serve.add_argument("model", help="an I/O model (see `bench models`)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=0, help="port (default 0: any free port, printed)")
+    serve.add_argument("--server-workers", type=int, default=1, help="SO_REUSEPORT processes (event-driven models)")
+    serve.add_argument("--fork-cap", type=int, default=1000, help="live children the fork model may have")
+    serve.add_argument("--duration", type=float, default=600.0, help="stop after this many seconds (default 600)")
+    serve.set_defaults(func=cmd_serve)
+    return serve
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from servers import registry
+
+    info = {m.name: m for m in registry.describe_all()}.get(args.model)
+    if info is None:
+        raise UsageError(f"unknown model {args.model!r}; known: {', '.join(registry.model_names())}")
+    if not info.available:
+        raise UsageError(f"{args.model} is unavailable here: {info.reason}")
+    if args.duration <= 0 or args.server_workers < 1 or args.fork_cap < 1 or not 0 <= args.port < 65536:
+        raise UsageError("--duration must be > 0, --server-workers and --fork-cap >= 1, --port 0..65535")
+    server_args = [args.model, "--host", args.host, "--port", str(args.port), "--fork-cap", str(args.fork_cap)]
+    server_args += ["--workers", str(args.server_workers)]
+    signal.signal(signal.SIGTERM, _stop)
+    server = spawn_python("servers", server_args)
+    try:
+        ready = server.stdout.readline()
+        message = json.loads(ready) if ready.startswith("{") else {}
+        if message.get("event") != "ready":
+            reason = message.get("reason") or server.stderr.read().strip().splitlines()[-1:] or ["no ready line"]
+            print(f"bench: error: {args.model} did not start: {''.join(reason)}", file=sys.stderr)
+            return 1
+        print(ready.strip(), flush=True)
+        print(
+            f"serving {args.model} on {message['host']}:{message['port']} for at most {args.duration:g} s "
+            "(Ctrl-C stops it)",
+            file=sys.stderr,
+            flush=True,
+        )
+        deadline = time.monotonic() + args.duration
+        while server.poll() is None and time.monotonic() < deadline:
+            try:
+                server.wait(timeout=min(0.5, max(deadline - time.monotonic(), 0.01)))
+            except Exception:  # noqa: BLE001 - subprocess.TimeoutExpired: still serving
+                continue
+        if server.poll() is not None:
+            print(f"bench: error: the server exited with status {server.returncode}", file=sys.stderr)
+            return 1
+        return 0
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        terminate_tree(server)
