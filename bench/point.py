@@ -26,6 +26,7 @@ from loadgen.histogram import encode, merge, summarize
 SAMPLE_INTERVAL_S = 0.25
 # A worker busy this share of a CPU or more through the window was the limit, not the server.
 CLIENT_BOUND_SHARE = 0.9
+MIN_CONNECTIONS_FOR_MEMORY = 50
 
 
 @dataclass(frozen=True)
@@ -212,7 +213,10 @@ def _fill_costs(row: dict, spec: PointSpec, requests: int, usage: WindowUsage, b
         row["ctx_per_req"] = (usage.ctx_voluntary + usage.ctx_involuntary) / requests
     row["server_uss_bytes"] = usage.uss_bytes
     held = spec.connections + spec.idle
-    if spec.workload != "churn" and held and usage.uss_bytes is not None and baseline and baseline.uss_bytes:
+    # Below this many connections the difference is lost in page-sized allocator noise (and
+    # can even come out negative); no number beats a misleading one.
+    enough = held >= MIN_CONNECTIONS_FOR_MEMORY
+    if spec.workload != "churn" and enough and usage.uss_bytes is not None and baseline and baseline.uss_bytes:
         row["mem_per_conn_bytes"] = (usage.uss_bytes - baseline.uss_bytes) / held
 
 

@@ -20,7 +20,12 @@ from matplotlib.transforms import blended_transform_factory  # noqa: E402
 
 from bench.columns import STATUS_OK  # noqa: E402
 
-plt.rcParams["svg.fonttype"] = "none"
+plt.rcParams.update(
+    {"svg.fonttype": "none", "font.size": 10, "legend.fontsize": 9, "xtick.labelsize": 9, "ytick.labelsize": 9}
+)
+# The foot of each plot, in axes coordinates, is a band kept for failed and skipped points, so
+# their crosses never sit where a value would be read.
+FOOT = 0.09
 # Intervals exist only for these metrics (bench.statistics computes them over repeats).
 CI_COLUMNS = {"rps": ("rps_ci_low", "rps_ci_high"), "p99_us": ("p99_ci_low", "p99_ci_high")}
 
@@ -48,8 +53,14 @@ def line_plot(
     log_y: bool = False,
     series: str = "model",
 ) -> str:
-    fig, ax = plt.subplots(figsize=(7.2, 4.0), dpi=100)
+    fig, ax = plt.subplots(figsize=(7.4, 3.9), dpi=100)
     ok = df[df["status"] == STATUS_OK]
+    # Thirteen models outnumber the default ten colours: pair colours with marker shapes.
+    names = list(dict.fromkeys(ok[series]))
+    palette = plt.get_cmap("tab20").colors
+    styles = {
+        n: (palette[(2 * i) % 20 if i < 10 else (2 * i + 1) % 20], "osD^v<>ph*"[i % 10]) for i, n in enumerate(names)
+    }
     ci = CI_COLUMNS.get(y)
     drawn = False
     for name, group in ok.groupby(series, sort=False):
@@ -61,9 +72,12 @@ def line_plot(
             lows = group.groupby(x)[ci[0]].first().reindex(stats.index)
             highs = group.groupby(x)[ci[1]].first().reindex(stats.index)
             yerr = np.vstack([(stats - lows).clip(lower=0).fillna(0), (highs - stats).clip(lower=0).fillna(0)])
-            (line, *_rest) = ax.errorbar(stats.index, stats.values, yerr=yerr, marker="o", capsize=3, label=name)
+            (line, *_rest) = ax.errorbar(
+                stats.index, stats.values, yerr=yerr, marker=styles[name][1], color=styles[name][0], capsize=3,
+                label=name,
+            )  # fmt: skip
         else:
-            (line,) = ax.plot(stats.index, stats.values, marker="o", label=name)
+            (line,) = ax.plot(stats.index, stats.values, marker=styles[name][1], color=styles[name][0], label=name)
         for flag, style in (("client_bound", {"marker": "s"}), ("disturbed", {"marker": "o"})):
             if flag not in group.columns:
                 continue
@@ -78,6 +92,12 @@ def line_plot(
         ax.set_xscale("log")
     if log_y and drawn and (ok[y].dropna() > 0).all():
         ax.set_yscale("log")
+    elif drawn and (ok[y].dropna() >= 0).all():
+        # Linear axes start at zero so small differences are not magnified.
+        ax.set_ylim(bottom=0)
+    ax.margins(y=0.12)
+    if (df["status"] != STATUS_OK).any():
+        _make_foot(ax)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -91,8 +111,24 @@ def _mark_failures(ax: plt.Axes, df: pd.DataFrame, x: str, series: str) -> None:
     foot = blended_transform_factory(ax.transData, ax.transAxes)
     bad = df[df["status"] != STATUS_OK].drop_duplicates(subset=[series, x])
     for _, row in bad.iterrows():
-        ax.plot(row[x], 0.03, marker="x", color="crimson", markersize=9, mew=2, transform=foot, clip_on=False)
-        ax.annotate(str(row[series]), (row[x], 0.07), xycoords=foot, fontsize=7, color="crimson", rotation=90)
+        ax.plot(row[x], FOOT / 2, marker="x", color="crimson", markersize=8, mew=2, transform=foot, clip_on=False)
+    # One label per x position, naming every model that failed there.
+    for x_value, names in bad.groupby(x)[series]:
+        ax.annotate(", ".join(map(str, names)), (x_value, FOOT / 2), xycoords=foot, xytext=(6, -3),
+                    textcoords="offset points", fontsize=8, color="crimson")  # fmt: skip
+
+
+def _make_foot(ax: plt.Axes) -> None:
+    """Lift the data above a shaded band at the foot where failed points are drawn."""
+    from matplotlib.patches import Rectangle
+
+    lo, hi = ax.get_ylim()
+    if ax.get_yscale() == "log":
+        span = np.log10(hi) - np.log10(lo)
+        ax.set_ylim(10 ** (np.log10(lo) - span * FOOT / (1 - FOOT)), hi)
+    else:
+        ax.set_ylim(lo - (hi - lo) * FOOT / (1 - FOOT), hi)
+    ax.add_patch(Rectangle((0, 0), 1, FOOT, transform=ax.transAxes, color="crimson", alpha=0.07, lw=0))
 
 
 def _legend(ax: plt.Axes, df: pd.DataFrame) -> None:
@@ -109,4 +145,5 @@ def _legend(ax: plt.Axes, df: pd.DataFrame) -> None:
         handles.append(Line2D([], [], marker="o", markerfacecolor="none", color="darkorange", linestyle="none"))
         labels.append("disturbed")
     if handles:
-        ax.legend(handles, labels, fontsize=7, loc="best")
+        # Outside the axes: with a dozen models a legend inside would cover the data.
+        ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, frameon=False)
