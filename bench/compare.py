@@ -203,7 +203,10 @@ class Difference:
     ci_high: float | None
     p: float | None
     verdict: str
+    # MISSING only: what happened, briefly ("failed in A and B"), and the reasons the runs recorded, each
+    # once: (the runs that gave it, or "" when every run named in the note did, the reason).
     note: str = ""
+    reasons: tuple[tuple[str, str], ...] = ()
 
 
 def compare_samples(a: Sequence[float], b: Sequence[float], higher_is_better: bool, seed: int = 0) -> Difference:
@@ -445,15 +448,34 @@ def _no_shared_points(base: Run, other: Run, align: list[str]) -> UsageError:
     return UsageError(f"runs {base.label} ({base.run_id}) and {other.label} ({other.run_id}) share no points: {why}")
 
 
-def _point_note(run: Run, rows: pd.DataFrame, column: str) -> str:
+def _and(labels: Sequence[str]) -> str:
+    return ", ".join(labels[:-1]) + " and " + labels[-1] if len(labels) > 1 else "".join(labels)
+
+
+def _outcome(rows: pd.DataFrame, column: str) -> tuple[str, str]:
+    """Why a run has no value at a point: what happened ("failed", "no rps value") and the reason it recorded."""
     if rows.empty:
-        return f"not measured in {run.label}"
+        return "not measured", ""
     ok = rows[rows["status"] == STATUS_OK]
     if ok.empty:
-        reasons = [r for r in rows["reason"] if r] if "reason" in rows.columns else []
-        detail = f": {reasons[0][:80]}" if reasons else ""
-        return f"{rows['status'].iloc[0]} in {run.label}{detail}"
-    return f"no {column} value in {run.label}"
+        reasons = [r.strip() for r in rows["reason"] if r.strip()] if "reason" in rows.columns else []
+        return rows["status"].iloc[0] or "no status", reasons[0] if reasons else ""
+    return f"no {column} value", ""
+
+
+def _missing_note(sides: Sequence[tuple[str, pd.DataFrame]], column: str) -> dict[str, Any]:
+    """The note and reasons of a point with no value on some side (label, rows): each said once, so that
+    two runs failing alike read "failed in A and B" and give their shared reason once, in full."""
+    outcomes = [(label, *_outcome(rows, column)) for label, rows in sides]
+    happened: dict[str, list[str]] = {}
+    why: dict[str, list[str]] = {}
+    for label, what, reason in outcomes:
+        happened.setdefault(what, []).append(label)
+        if reason:
+            why.setdefault(reason, []).append(label)
+    everyone = [label for label, _, _ in outcomes]
+    reasons = tuple(("" if labels == everyone else _and(labels), reason) for reason, labels in why.items())
+    return {"note": "; ".join(f"{what} in {_and(labels)}" for what, labels in happened.items()), "reasons": reasons}
 
 
 def _groups(points: pd.DataFrame, align: list[str]) -> dict[tuple[str, ...], pd.DataFrame]:
@@ -487,12 +509,9 @@ def compare_pair(base: Run, other: Run, align: list[str], metrics: Sequence[Metr
                 values.append(pd.to_numeric(column, errors="coerce").dropna().tolist())
             diff = compare_samples(values[0], values[1], metric.higher_is_better)
             if diff.verdict == MISSING:
-                notes = [
-                    _point_note(run, rows, metric.column)
-                    for run, rows, vals in ((base, rows_a, values[0]), (other, rows_b, values[1]))
-                    if not vals
-                ]
-                diff = replace(diff, note="; ".join(notes))
+                sides = ((base.label, rows_a, values[0]), (other.label, rows_b, values[1]))
+                empty = [(label, rows) for label, rows, vals in sides if not vals]
+                diff = replace(diff, **_missing_note(empty, metric.column))
             out.append(diff)
         diffs[metric.column] = out
     return PairResult(
@@ -604,7 +623,7 @@ def summary_sentence(pair: PairResult, metric: Metric) -> str:
         if c[TOO_FEW]:
             parts.append(f"too few repeats to tell on {c[TOO_FEW]} ({few_text})")
     if c[MISSING]:
-        parts.append(f"failed or not measured on one side on {c[MISSING]}")
+        parts.append(f"failed or not measured (in {a}, {b} or both) on {c[MISSING]}")
     text = head + ", ".join(parts) + "."
     ratios = [d.ratio for d in pair.diffs[metric.column] if d.ratio and d.ratio > 0]
     if len(ratios) > 1:
@@ -632,6 +651,36 @@ def _run_facts(run: Run) -> dict[str, Any]:
 
 def _key_cells(comp: Comparison, key: tuple[str, ...]) -> list[str]:
     return [_show_param(key[comp.align_on.index(c)]) for c in comp.shown]
+
+
+def _point_label(comp: Comparison, key: tuple[str, ...]) -> str:
+    """A point in words, e.g. "select, connections 1100"."""
+    cells = zip(comp.shown, _key_cells(comp, key), strict=True)
+    return ", ".join(value if column == "model" else f"{column} {value}" for column, value in cells) or "the point"
+
+
+@dataclass
+class Footnote:
+    """Why some points of a table have no verdict: the reasons the runs recorded, said once for all of them."""
+
+    number: int
+    points: list[str]
+    note: str
+    reasons: tuple[tuple[str, str], ...]
+
+
+def footnotes(comp: Comparison, pair: PairResult, metric: Metric) -> tuple[list[int | None], list[Footnote]]:
+    """For each point of the table its footnote number (None: no footnote), and the footnotes in order."""
+    refs: list[int | None] = []
+    notes: dict[tuple[str, tuple[tuple[str, str], ...]], Footnote] = {}
+    for key, diff in zip(pair.keys, pair.diffs[metric.column], strict=True):
+        if diff.verdict != MISSING or not diff.reasons:
+            refs.append(None)
+            continue
+        note = notes.setdefault((diff.note, diff.reasons), Footnote(len(notes) + 1, [], diff.note, diff.reasons))
+        note.points.append(_point_label(comp, key))
+        refs.append(note.number)
+    return refs, list(notes.values())
 
 
 def _parameter_lines(comp: Comparison) -> list[str]:
@@ -710,6 +759,20 @@ def print_terminal(comp: Comparison, console: Any = None) -> None:
                 )
             say()
             console.print(table)
+        # The reasons behind "failed in ..." verdicts, each once although every metric's table shows the verdict.
+        why = dict.fromkeys(
+            (f"{'; '.join(note.points)} — {note.note}", note.reasons)
+            for m in comp.metrics
+            for note in footnotes(comp, pair, m)[1]
+        )
+        for head, reasons in why:
+            say()
+            if len(reasons) == 1 and not reasons[0][0]:
+                say(f"{head}: {reasons[0][1]}")
+                continue
+            say(f"{head}:")
+            for who, reason in reasons:
+                say(f"  {who}: {reason}")
         if pair.only_base or pair.only_other:
             say(f"Points not compared: {len(pair.only_base)} only in {a}, {len(pair.only_other)} only in {b}.")
 
@@ -729,19 +792,38 @@ def plot_ratios(comp: Comparison, pair: PairResult, metric: Metric) -> str:
     rows = [(k, d) for k, d in zip(pair.keys, pair.diffs[metric.column], strict=True) if d.ratio]
     if not rows:
         return ""
-    fig, ax = plt.subplots(figsize=(7.0, 0.8 + 0.32 * len(rows)), dpi=100)
+    # Shown at its natural size (8.4 in = 806 CSS px) on a laptop, the 10 pt text is 13 px tall; squeezed into a
+    # phone's width it stays legible.
+    fig, ax = plt.subplots(figsize=(8.4, 1.1 + 0.4 * len(rows)), dpi=100)
     for y, (_, diff) in enumerate(rows):
         colour = colours.get(diff.verdict, "#666666")
         if diff.ci_low is not None and diff.ci_high is not None:
             ax.plot([diff.ci_low, diff.ci_high], [y, y], color=colour, linewidth=2)
         ax.plot([diff.ratio], [y], marker="o", color=colour)
     ax.axvline(1.0, color="#222222", linewidth=1, linestyle="--")
+    # Ratios are multiplicative: when they span more than 8x (a wide CI from few repeats), a log scale keeps 1/2
+    # and 2 equally far from 1 and the narrow bars from being squeezed into a dot.
+    ends = [v for _, d in rows for v in (d.ratio, d.ci_low, d.ci_high) if v is not None]
+    span = max(ends) / min(ends) if min(ends) > 0 else 0.0
+    log_scale = span > 8
+    if log_scale:
+        from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0) if span < 30 else (1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_yticks(range(len(rows)))
-    ax.set_yticklabels([" ".join(_key_cells(comp, k)) for k, _ in rows], fontsize=8)
-    ax.invert_yaxis()
+    ax.set_yticklabels([" ".join(_key_cells(comp, k)) for k, _ in rows], fontsize=10)
+    # The first point at the top, as in the table; half a row clear of the frame above and below.
+    ax.set_ylim(len(rows) - 0.5, -0.5)
+    ax.tick_params(axis="x", labelsize=10)
     b, a = pair.other.label, pair.base.label
     side = "right" if metric.higher_is_better else "left"
-    ax.set_xlabel(f"{metric.title}: ratio {b}/{a} ({side} of 1 = {b} {metric.better})", fontsize=9)
+    scale = ", log scale" if log_scale else ""
+    ax.set_xlabel(f"{metric.title}: ratio {b}/{a}{scale} ({side} of 1 = {b} {metric.better})", fontsize=10)
+    if comp.shown:
+        ax.set_ylabel(" ".join(comp.shown), fontsize=10)
     ax.grid(True, axis="x", alpha=0.3)
     fig.tight_layout()
     buf = io.StringIO()
@@ -749,6 +831,17 @@ def plot_ratios(comp: Comparison, pair: PairResult, metric: Metric) -> str:
     plt.close(fig)
     svg = buf.getvalue()
     return svg[svg.index("<svg") :]
+
+
+def _breakable(text: Any) -> Any:
+    """Escaped text (a path, a command line) that wraps at its spaces and after its slashes only, never inside a
+    name ("--out", "20261127-203959-af87"), which a browser would otherwise break at a hyphen."""
+    from markupsafe import Markup
+
+    def name(part: str) -> Markup:
+        return Markup('<span class="nowrap">{}</span>').format(part) if "-" in part else Markup.escape(part)
+
+    return Markup(" ").join(Markup("/<wbr>").join(map(name, word.split("/"))) for word in str(text).split(" "))
 
 
 def render_html(comp: Comparison, out: Path, plots: bool = True) -> Path:
@@ -761,6 +854,7 @@ def render_html(comp: Comparison, out: Path, plots: bool = True) -> Path:
         b = pair.other.label
         tables = []
         for metric in comp.metrics:
+            refs, notes = footnotes(comp, pair, metric)
             rows = [
                 {
                     "key": _key_cells(comp, key),
@@ -772,15 +866,22 @@ def render_html(comp: Comparison, out: Path, plots: bool = True) -> Path:
                     "n": f"{d.n_a} / {d.n_b}",
                     "verdict": d.verdict,
                     "word": verdict_word(d, metric, b),
+                    "ref": ref,
                 }
-                for key, d in zip(pair.keys, pair.diffs[metric.column], strict=True)
+                for key, d, ref in zip(pair.keys, pair.diffs[metric.column], refs, strict=True)
             ]
             tables.append(
                 {
                     "metric": metric,
                     "sentence": summary_sentence(pair, metric),
                     "rows": rows,
+                    "footnotes": notes,
                     "svg": plot_ratios(comp, pair, metric) if plots else "",
+                    "undrawn": [
+                        _point_label(comp, k)
+                        for k, d in zip(pair.keys, pair.diffs[metric.column], strict=True)
+                        if not d.ratio
+                    ],
                 }
             )
         pairs.append(
@@ -793,6 +894,7 @@ def render_html(comp: Comparison, out: Path, plots: bool = True) -> Path:
             }
         )
     env = Environment(loader=PackageLoader("bench", "templates"), autoescape=select_autoescape(["html", "j2"]))
+    env.filters["breakable"] = _breakable
     html = env.get_template("compare.html.j2").render(
         runs=[_run_facts(r) for r in comp.runs],
         labels=[r.label for r in comp.runs],
