@@ -56,7 +56,9 @@ def test_find_max_writes_probes_and_the_rate_found(tmp_path):
     rows = _run(tmp_path, "--models", "epoll", "--connections", "10", "--find-max", "--slo", "p99=50ms", timeout=140)
     workloads = [r["workload"] for r in rows]
     assert workloads[0] == "closed" and workloads[-1] == "find-max"
-    assert workloads.count("open") == 6
+    # Six bisection steps; a step whose probe missed the SLO was measured a second time.
+    retried = sum("measured again" in r["reason"] for r in rows)
+    assert workloads.count("open") == 6 + retried
     answer = rows[-1]
     assert answer["status"] == "ok", answer
     assert answer["slo"] == "p99<=50000us"
