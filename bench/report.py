@@ -85,8 +85,8 @@ def findings(df: pd.DataFrame, meta: dict[str, Any]) -> list[str]:
         if not bound.empty:
             where = ", ".join(f"{m} at {int(c):,}" for m, c in bound[["model", "connections"]].drop_duplicates().values)
             out.append(
-                f"{len(bound)} point(s) were client-bound (a load worker used a whole CPU), so their req/s is a "
-                f"floor for the server, not its limit: {where}."
+                f"{len(bound)} point(s) were client-bound (a load worker used a whole CPU while the server had "
+                f"CPU to spare), so their req/s is a floor for the server, not its limit: {where}."
             )
     if "disturbed" in df.columns:
         disturbed = df[df["disturbed"].fillna("") != ""]
