@@ -235,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Ctrl-C must stop a run cleanly even when bench inherits SIGINT ignored (as background jobs
+    # of a non-interactive shell do): Python would otherwise keep ignoring it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     args = build_parser().parse_args(argv)
     if (
         getattr(args, "server_cpus", "")
