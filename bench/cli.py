@@ -51,6 +51,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bench.report import render_report
     from bench.sweep import RunConfig, run_sweep
 
+    if args.engine != "locust" and (args.locust_workers or args.locust_ui or args.locust_remote_workers):
+        raise UsageError("--locust-workers, --locust-ui and --locust-remote-workers apply to --engine locust")
+    if args.engine == "locust" and (args.workload != "closed" or args.find_max or args.idle != "0"):
+        raise UsageError("--engine locust drives the closed loop only (no --workload open/churn, --idle or --find-max)")
     if args.target:
         from bench.target import parse_target
 
@@ -106,6 +110,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         slo_p99_us=slo_p99_us,
         quiet_wait_s=_positive(args.quiet_wait, "--quiet-wait", allow_zero=True),
         target=target,
+        engine=args.engine,
+        locust_workers=int(_positive(args.locust_workers, "--locust-workers", allow_zero=True)),
+        locust_ui=args.locust_ui,
+        locust_remote_workers=int(_positive(args.locust_remote_workers, "--locust-remote-workers", allow_zero=True)),
     )
     _stop_on_sigterm()
     try:
@@ -202,6 +210,23 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--allow-remote", action="store_true", help="let --target name a non-loopback address")
     server.add_argument("--server-workers", type=int, default=1, help="SO_REUSEPORT processes (event-driven models)")
     server.add_argument("--fork-cap", type=int, default=1000, help="live children the fork model may have")
+    engine = run.add_argument_group("load engine")
+    engine.add_argument(
+        "--engine",
+        choices=["builtin", "locust"],
+        default="builtin",
+        help="builtin (default: the precise one) or locust (distributed: master plus workers, closed loop only)",
+    )
+    engine.add_argument(
+        "--locust-workers", type=int, default=0, help="local Locust workers (default: one per client CPU)"
+    )
+    engine.add_argument("--locust-ui", action="store_true", help="serve Locust's web UI on 127.0.0.1 for a live view")
+    engine.add_argument(
+        "--locust-remote-workers",
+        type=int,
+        default=0,
+        help="wait for this many Locust workers from other hosts to join (the command to start them is printed)",
+    )
     noise = run.add_argument_group("noise")
     noise.add_argument(
         "--quiet-wait",

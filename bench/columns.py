@@ -73,6 +73,8 @@ POINT_COLUMNS = [
     "p99_ci_high",
     "p99_cv",
     "repeats_ok",
+    # Issue 7: which load engine measured the point.
+    "engine",
 ]
 
 STATUS_OK = "ok"

@@ -18,6 +18,7 @@ from bench.cpus import Pinning
 from bench.errors import PointFailed
 from bench.interference import HostSnapshot, Interference, compare, snapshot, wait_for_quiet
 from bench.load_workers import LoadPlan, LoadResult, LoadWorkers, worker_count
+from bench.locust_engine import LocustWorkers
 from bench.preflight import preflight
 from bench.sampler import TreeSample, TreeSampler, WindowUsage, sample_tree
 from bench.server_control import ExternalServer, ServerUnderTest
@@ -27,6 +28,7 @@ SAMPLE_INTERVAL_S = 0.25
 # A worker busy this share of a CPU or more through the window was the limit, not the server.
 CLIENT_BOUND_SHARE = 0.9
 MIN_CONNECTIONS_FOR_MEMORY = 50
+REMOTE_JOIN_S = 300
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,11 @@ class PointSpec:
     fork_cap: int = 1000
     # "host:port" of a server started elsewhere (bench run --target); empty: start our own.
     target: str = ""
+    engine: str = "builtin"
+    # Locust engine: local worker processes (0: one per client CPU), web UI, remote workers.
+    locust_workers: int = 0
+    locust_ui: bool = False
+    locust_remote_workers: int = 0
 
     @property
     def point_id(self) -> str:
@@ -79,6 +86,7 @@ def base_row(run_id: str, spec: PointSpec) -> dict[str, Any]:
         "idle": spec.idle,
         "target_rate": spec.rate or None,
         "server_workers": spec.server_workers,
+        "engine": spec.engine,
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
@@ -91,12 +99,14 @@ def run_point(run_id: str, spec: PointSpec, timing: Timing, pinning: Pinning) ->
     """Measure one point; when the load generator was the limit and more client CPUs are
     free than it used, measure it again with more workers."""
     workers = worker_count(spec.load_plan, len(pinning.client))
+    if spec.engine == "locust":
+        workers = spec.locust_workers or len(pinning.client)
     blocker = preflight(spec, workers)
     if blocker:
         return unmeasured_row(run_id, spec, STATUS_SKIPPED, blocker), {}
     row, hists = _measure(run_id, spec, timing, pinning, workers)
     more = min(len(pinning.client), spec.connections)
-    if row.get("client_bound") and workers < more:
+    if row.get("client_bound") and workers < more and spec.engine == "builtin":
         row, hists = _measure(run_id, spec, timing, pinning, more)
     return row, hists
 
@@ -119,15 +129,29 @@ def _measure(
         server = ExternalServer(host, int(port))
     else:
         server = ServerUnderTest(spec.model, pinning.server, extra=extra)
-    load: LoadWorkers | None = None
+    load: LoadWorkers | LocustWorkers | None = None
     try:
         server.start(timing.ready_timeout_s)
         # Memory before any connection, so that memory per connection is a difference.
         baseline = sample_tree(server.pid, with_uss=True) if server.pid else None
-        load = LoadWorkers(server.host, server.port, spec.load_plan, pinning.client, workers)
-        load.start()
         # Generous: thousands of connects against a slow accept loop take seconds.
-        connect = load.wait_connected(timeout=30 + (spec.connections + spec.idle) / 200)
+        connect_timeout = 30 + (spec.connections + spec.idle) / 200
+        if spec.engine == "locust":
+            load = LocustWorkers(
+                server.host, server.port, spec.load_plan, pinning.client, workers,
+                ui=spec.locust_ui, expect_remote_workers=spec.locust_remote_workers,
+            )  # fmt: skip
+            row["client_workers"] = load.workers
+            load.start()
+            for note in load.notes:
+                print(note, flush=True)
+            if spec.locust_remote_workers:
+                # A person has to start the remote workers; give them time.
+                connect_timeout += REMOTE_JOIN_S
+        else:
+            load = LoadWorkers(server.host, server.port, spec.load_plan, pinning.client, workers)
+            load.start()
+        connect = load.wait_connected(timeout=connect_timeout)
         row.update(connected=connect.connected, connect_s=connect.seconds)
         row["connect_errors"] = sum(connect.errors.values())
         histograms["connect"] = connect.histogram

@@ -39,6 +39,11 @@ def port_range() -> tuple[int, int]:
 
 def preflight(spec: PointSpec, client_workers: int) -> str | None:
     """The reason the point cannot run here, or None."""
+    if spec.engine == "locust":
+        from bench.locust_engine import locust_blocker
+
+        if (why := locust_blocker(spec.load_plan)) is not None:
+            return why
     total = spec.connections + spec.idle
     limit = nofile_limit()
     try:

@@ -40,6 +40,10 @@ class RunConfig:
     slo_p99_us: float | None = None
     quiet_wait_s: float = 0.0
     target: str = ""
+    engine: str = "builtin"
+    locust_workers: int = 0
+    locust_ui: bool = False
+    locust_remote_workers: int = 0
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -71,6 +75,10 @@ def plan(config: RunConfig) -> list[PointSpec]:
                             server_workers=config.server_workers,
                             fork_cap=config.fork_cap,
                             target=config.target,
+                            engine=config.engine,
+                            locust_workers=config.locust_workers,
+                            locust_ui=config.locust_ui,
+                            locust_remote_workers=config.locust_remote_workers,
                         )
                     )
     return specs

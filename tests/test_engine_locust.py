@@ -1,0 +1,40 @@
+"""`bench run --engine locust`: the same points and columns as the built-in engine."""
+
+from __future__ import annotations
+
+import pytest
+from bench_cli import only_run_dir, read_points, run_bench
+
+
+@pytest.mark.timeout(150)
+def test_locust_engine_rows_match_the_builtin_schema(tmp_path):
+    common = ["run", "--models", "epoll", "--connections", "40", "--duration", "1", "--warmup", "0.3"]
+    locust = run_bench(*common, "--engine", "locust", "--locust-workers", "2", "--out", str(tmp_path / "l"))
+    assert locust.returncode == 0, locust.stderr
+    builtin = run_bench(*common, "--out", str(tmp_path / "b"))
+    assert builtin.returncode == 0, builtin.stderr
+    (lrow,) = read_points(only_run_dir(tmp_path / "l"))
+    (brow,) = read_points(only_run_dir(tmp_path / "b"))
+    assert list(lrow) == list(brow)
+    assert lrow["engine"] == "locust" and brow["engine"] == "builtin"
+    assert lrow["status"] == "ok", lrow
+    assert lrow["client_workers"] == "2"
+    assert int(lrow["requests"]) > 0 and int(lrow["errors"]) == 0 and float(lrow["rps"]) > 0
+    # Microsecond percentiles from the workers' own HdrHistograms, not Locust's whole milliseconds.
+    percentiles = [float(lrow[c]) for c in ("p50_us", "p90_us", "p99_us", "max_us")]
+    assert 0 < percentiles[0] <= percentiles[2] <= percentiles[3]
+    assert any(p % 1000 for p in percentiles)
+    assert float(lrow["cpu_us_per_req"]) > 0 and float(lrow["client_cpu_pct"]) > 0
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--engine", "locust", "--workload", "churn"], "--engine locust drives the closed loop only"),
+        (["--locust-workers", "2"], "apply to --engine locust"),
+    ],
+)
+def test_locust_engine_options_are_checked(tmp_path, args, message):
+    proc = run_bench("run", "--out", str(tmp_path), *args)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
