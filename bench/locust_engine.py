@@ -57,6 +57,7 @@ LOCUSTFILE = PROJECT_ROOT / "loadgen" / "locust_bench_user.py"
 LOOPBACK = "127.0.0.1"
 # Remote workers must be told the port before the master exists: Locust's own default.
 REMOTE_MASTER_PORT = 5557
+ALL_INTERFACES = "0.0.0.0"
 # Locust's import and the master's socket take a second or two; a loaded host, more.
 MASTER_START_TIMEOUT_S = 30.0
 # The window's start is this far ahead of the schedule, so that the message reaches every worker
@@ -141,7 +142,9 @@ class LocustWorkers:
                 f"{plan.connections} connections over {self.workers} Locust workers is more than "
                 f"{MAX_CONNECTIONS_PER_WORKER} per process (RLIMIT_NOFILE): use more --locust-workers"
             )
-        self.master_host = host if self.remote else LOOPBACK
+        # Remote workers must reach the master from other hosts: then (and only then, on request)
+        # it listens on every interface; local workers always use loopback.
+        self.master_host = ALL_INTERFACES if self.remote else LOOPBACK
         self.master_port = 0
         self.web_port = 0
         self.notes: list[str] = []
@@ -158,7 +161,7 @@ class LocustWorkers:
         try:
             self._start_master()
             for wid in range(self.workers):
-                args = ["--worker", "--master-host", self.master_host, "--master-port", str(self.master_port)]
+                args = ["--worker", "--master-host", LOOPBACK, "--master-port", str(self.master_port)]
                 self.local.append(self._spawn(f"Locust worker {wid}", args))
         except BaseException:
             self.stop()
@@ -197,7 +200,7 @@ class LocustWorkers:
         if self.ui:
             self.notes.append(f"Locust web UI: http://{LOOPBACK}:{self.web_port}")
         if self.remote:
-            command = remote_worker_command(self.host, self.master_port)
+            command = remote_worker_command("<address of this host>", self.master_port)
             self.notes.append(f"waiting for {self.remote} remote Locust worker(s): {command}")
 
     def _spawn(
