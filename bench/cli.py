@@ -12,6 +12,7 @@ from pathlib import Path
 from bench.columns import STATUS_OK
 from bench.cpus import default_pinning, parse_pinning
 from bench.errors import UsageError
+from bench.model_selection import select_models
 
 DEFAULT_CONNECTIONS = "1,10,100,1000,2000"
 # The model column of points driven against --target: the harness does not know what runs there.
@@ -32,19 +33,6 @@ def _positive(value: float, name: str, allow_zero: bool = False) -> float:
     if value < 0 or (value == 0 and not allow_zero):
         raise UsageError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
     return value
-
-
-def _models(text: str) -> tuple[list[str], dict[str, str]]:
-    from servers import registry
-
-    infos = {info.name: info for info in registry.describe_all()}
-    if text.strip() == "all":
-        return [n for n, i in infos.items() if i.available], {}
-    names = [m.strip() for m in text.split(",") if m.strip()]
-    unknown = [m for m in names if m not in infos]
-    if unknown or not names:
-        raise UsageError(f"unknown model(s) {', '.join(unknown) or text!r}; known: {', '.join(infos)} or 'all'")
-    return names, {m: infos[m].reason for m in names if not infos[m].available}
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -68,7 +56,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.allow_remote:
             raise UsageError("--allow-remote applies to --target only")
         target = ""
-        models, unavailable = _models(args.models)
+        models, unavailable = select_models(args.models)
     if not models:
         raise UsageError("no model is available on this host (see `bench models`)")
     try:

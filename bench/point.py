@@ -9,7 +9,6 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from typing import Any
 
 from bench.child import format_cpus
@@ -20,11 +19,14 @@ from bench.interference import HostSnapshot, Interference, compare, snapshot, wa
 from bench.load_workers import LoadPlan, LoadResult, LoadWorkers, worker_count
 from bench.locust_engine import LocustWorkers
 from bench.preflight import preflight
+from bench.results_store import now_iso
 from bench.sampler import TreeSample, TreeSampler, WindowUsage, sample_tree
 from bench.server_control import ExternalServer, ServerUnderTest
 from loadgen.histogram import encode, merge, summarize
 
-SAMPLE_INTERVAL_S = 0.25
+# The harness shares the client CPUs with the load workers: each psutil pass over the server's
+# tree is a pause for them, so peaks are sampled once a second, not more.
+SAMPLE_INTERVAL_S = 1.0
 # A worker busy this share of a CPU or more through the window was the limit, not the server.
 CLIENT_BOUND_SHARE = 0.9
 MIN_CONNECTIONS_FOR_MEMORY = 50
@@ -87,7 +89,7 @@ def base_row(run_id: str, spec: PointSpec) -> dict[str, Any]:
         "target_rate": spec.rate or None,
         "server_workers": spec.server_workers,
         "engine": spec.engine,
-        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "started_at": now_iso(),
     }
 
 

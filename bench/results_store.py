@@ -10,7 +10,10 @@ import csv
 import json
 import os
 import secrets
+import shlex
+import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,21 @@ REPORT_FILE = "report.html"
 
 def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def new_run_meta(run_id: str) -> dict[str, Any]:
+    """The fields every run.json starts with: identity, times, status, the exact command."""
+    return {
+        "run_id": run_id,
+        "started": now_iso(),
+        "finished": None,
+        "status": "running",
+        "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+    }
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import os
-import shlex
-import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.columns import STATUS_SKIPPED
@@ -15,7 +12,7 @@ from bench.cpus import Pinning
 from bench.find_max import find_max_rate
 from bench.host import describe_host
 from bench.point import PointSpec, Timing, run_point, unmeasured_row
-from bench.results_store import RunDirectory, new_run_id
+from bench.results_store import RunDirectory, new_run_id, new_run_meta, now_iso
 from bench.statistics import finalize_run_statistics
 from servers import registry
 
@@ -84,20 +81,12 @@ def plan(config: RunConfig) -> list[PointSpec]:
     return specs
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
 def run_sweep(config: RunConfig, on_point: Callable[[dict, Path], None] | None = None) -> RunDirectory:
     run_id = new_run_id()
     run_dir = RunDirectory.create(config.out, run_id)
     specs = plan(config)
     meta = {
-        "run_id": run_id,
-        "started": _now(),
-        "finished": None,
-        "status": "running",
-        "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        **new_run_meta(run_id),
         "config": config.as_dict(),
         "points_planned": len(specs),
         "models": [registry.describe(m).as_dict() for m in config.models if not config.target],
@@ -126,7 +115,7 @@ def run_sweep(config: RunConfig, on_point: Callable[[dict, Path], None] | None =
         meta["status"] = "interrupted"
         raise
     finally:
-        meta["finished"] = _now()
+        meta["finished"] = now_iso()
         meta["summary"] = {"warnings": finalize_run_statistics(run_dir)}
         run_dir.write_run(meta)
     return run_dir

@@ -28,7 +28,6 @@ import argparse
 import csv
 import ctypes
 import os
-import shlex
 import shutil
 import signal
 import subprocess
@@ -37,7 +36,6 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +46,10 @@ from bench.cpus import Pinning, default_pinning, parse_pinning
 from bench.errors import PointFailed, UsageError
 from bench.host import describe_host
 from bench.load_workers import LoadPlan, LoadWorkers, worker_count
+from bench.model_selection import select_models
 from bench.pipes import deadline_in, remaining
 from bench.processes import process_tree
-from bench.results_store import RunDirectory, new_run_id
+from bench.results_store import RunDirectory, new_run_id, new_run_meta, now_iso
 from bench.server_control import ServerUnderTest
 
 SYSCALLS_FILE = "syscalls.csv"
@@ -496,10 +495,6 @@ def _kinds(errors: dict[str, int]) -> str:
     return " ".join(f"{k}={v}" for k, v in sorted(errors.items()) if v)
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
 def run_profile(
     config: ProfileConfig,
     strace: str,
@@ -519,11 +514,7 @@ def run_profile(
     profiles: list[ModelProfile] = []
     meta: dict[str, Any] = {
         "kind": KIND,
-        "run_id": run_id,
-        "started": _now(),
-        "finished": None,
-        "status": "running",
-        "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        **new_run_meta(run_id),
         "config": config.as_dict(),
         "method": METHOD_NOTE,
         "strace": {"path": strace, "version": _strace_version(strace)},
@@ -549,7 +540,7 @@ def run_profile(
         meta["status"] = "interrupted"
         raise
     finally:
-        meta["finished"] = _now()
+        meta["finished"] = now_iso()
         run_dir.write_run(meta)
     return run_dir, profiles
 
@@ -660,21 +651,8 @@ def add_profile_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     return parser
 
 
-def _select_models(text: str) -> tuple[list[str], dict[str, str]]:
-    from servers import registry
-
-    infos = {info.name: info for info in registry.describe_all()}
-    if text.strip() == "all":
-        return [n for n, i in infos.items() if i.available], {}
-    names = [m.strip() for m in text.split(",") if m.strip()]
-    unknown = [m for m in names if m not in infos]
-    if unknown or not names:
-        raise UsageError(f"unknown model(s) {', '.join(unknown) or text!r}; known: {', '.join(infos)} or 'all'")
-    return names, {m: infos[m].reason for m in names if not infos[m].available}
-
-
 def _config(args: argparse.Namespace) -> ProfileConfig:
-    models, unavailable = _select_models(args.models)
+    models, unavailable = select_models(args.models)
     if not models:
         raise UsageError("no model is available on this host (see `bench models`)")
     if args.connections < 1:

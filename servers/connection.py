@@ -93,6 +93,14 @@ class Connection:
             del self.pending[:sent]
         return True
 
+    def service(self, readable: bool, writable: bool) -> bool:
+        """Handle one readiness report; False when the connection is to be dropped (dead, or
+        half-closed by the peer with everything owed written back)."""
+        alive = self.on_readable() if readable else True
+        if alive and writable:
+            alive = self.on_writable()
+        return alive and not self.finished
+
     def close(self) -> None:
         self.sock.close()
 

@@ -34,12 +34,7 @@ class PollServer(EchoServer):
                         poller.register(conn.fd, _IN)
                     continue
                 conn = conns[fd]
-                alive = True
-                if ev & (_IN | _ERR):
-                    alive = conn.on_readable()
-                if alive and ev & _OUT:
-                    alive = conn.on_writable()
-                if not alive or conn.finished:
+                if not conn.service(bool(ev & (_IN | _ERR)), bool(ev & _OUT)):
                     poller.unregister(fd)
                     del conns[fd]
                     conn.close()

@@ -40,11 +40,11 @@ class SelectServer(EchoServer):
                         conns[conn.fd] = conn
                     continue
                 conn = conns.get(fd)
-                if conn is not None and (not conn.on_readable() or conn.finished):
+                if conn is not None and not conn.service(True, False):
                     self._drop(conn)
             for fd in writable:
                 conn = conns.get(fd)
-                if conn is not None and (not conn.on_writable() or conn.finished):
+                if conn is not None and not conn.service(False, True):
                     self._drop(conn)
 
     def _drop(self, conn: Connection) -> None:
