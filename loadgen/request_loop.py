@@ -26,6 +26,7 @@ from hdrh.histogram import HdrHistogram
 
 from loadgen import errors
 from loadgen.histogram import new_histogram, record_counts
+from loadgen.precise_timer import PreciseTimer
 
 # 64 KiB: a 256 KiB buffer per recv() costs page faults and ~10 us of system time each, which
 # made the load generator, not the server, the bottleneck.
@@ -96,6 +97,8 @@ def run_request_loop(
         conns[conn.fd] = conn
         ep.register(conn.fd, _IN)
     idle_socks = {s.fileno(): s for s in idle or ()}
+    timer = PreciseTimer()
+    ep.register(timer.fd, _IN)
     for fd in idle_socks:
         ep.register(fd, _IN | select.EPOLLRDHUP)
     # Microseconds -> count; folded into the HdrHistogram once at the end, because recording
@@ -177,8 +180,13 @@ def run_request_loop(
             if measured_start is None:
                 timeout = min(window.start - now, timeout)
             if due:
-                timeout = min(due[0][0] - now, timeout)
+                # The timerfd wakes the loop at the next send time to the microsecond; the
+                # (millisecond) poll timeout is only a backstop.
+                timer.arm(due[0][0])
             for fd, ev in ep.poll(max(timeout, 0.0)):
+                if fd == timer.fd:
+                    timer.consume()
+                    continue
                 conn = conns.get(fd)
                 if conn is None:
                     if fd in idle_socks:
@@ -243,6 +251,7 @@ def run_request_loop(
         for sock in idle_socks.values():
             sock.close()
         ep.close()
+        timer.close()
     if measured_start is None:
         # Every connection died before the window opened: nothing was measured.
         measured_start = measured_end

@@ -130,3 +130,28 @@ def test_connections_bind_their_spread_source_addresses():
 def test_workload_options_are_checked(tmp_path, args, message):
     proc = run_bench("run", "--out", str(tmp_path), *args)
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.timeout(30)
+def test_precise_timer_wakes_epoll_at_its_time_not_before():
+    import select
+    import time
+
+    from loadgen.precise_timer import PreciseTimer
+
+    timer = PreciseTimer()
+    ep = select.epoll()
+    try:
+        ep.register(timer.fd, select.EPOLLIN)
+        for delay in (0.0003, 0.002, 0.0):
+            when = time.monotonic() + delay
+            timer.arm(when)
+            events = ep.poll(5.0)
+            woke = time.monotonic()
+            assert events == [(timer.fd, select.EPOLLIN)]
+            assert woke >= when  # never early; how late is the host's business, bounded by poll's 5 s
+            timer.consume()
+            assert ep.poll(0) == []
+    finally:
+        ep.close()
+        timer.close()
