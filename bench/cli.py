@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import sys
@@ -30,13 +31,12 @@ def _int_list(text: str, name: str, minimum: int = 1) -> list[int]:
 
 
 def _positive(value: float, name: str, allow_zero: bool = False) -> float:
-    if value < 0 or (value == 0 and not allow_zero):
-        raise UsageError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        raise UsageError(f"{name} must be a finite number {'>= 0' if allow_zero else '> 0'}, got {value}")
     return value
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from bench.report import render_report
     from bench.sweep import RunConfig, run_sweep
 
     if args.engine != "locust" and (args.locust_workers or args.locust_ui or args.locust_remote_workers):
@@ -66,6 +66,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     workload = args.workload
     if workload == "open" and not args.find_max and (args.rate is None or args.rate <= 0):
         raise UsageError("--workload open needs --rate R (requests per second in total, R > 0)")
+    if args.rate is not None and not math.isfinite(args.rate):
+        raise UsageError(f"--rate must be a finite number, got {args.rate}")
     if args.rate is not None and workload != "open":
         raise UsageError("--rate applies to --workload open only")
     slo_p99_us = None
@@ -114,12 +116,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("interrupted: the points measured so far are kept", file=sys.stderr)
         if runner.run_dir is not None:
-            render_report(runner.run_dir)
+            _render(runner.run_dir)
         return 130
-    report = render_report(run_dir.path)
+    report = _render(run_dir.path)
     for warning in run_dir.read_run().get("summary", {}).get("warnings", []):
         print(f"warning: {warning}", file=sys.stderr)
     print(f"run directory: {run_dir.path}\nreport: {report}")
+    if not any(row.get("status") == STATUS_OK for row in run_dir.read_points()):
+        print("bench: no point of this run was measured successfully (see the reasons above)", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -145,13 +150,22 @@ def _stop_on_sigterm() -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from bench.report import render_report
-
     path = Path(args.run_dir)
     if not (path / "run.json").is_file():
         raise UsageError(f"{args.run_dir} is not a run directory (no run.json)")
-    print(render_report(path))
+    print(_render(path))
     return 0
+
+
+def _render(path: Path) -> Path:
+    """The run's report, or a one-line error naming what is damaged."""
+    from bench.report import render_report
+
+    try:
+        return render_report(path)
+    except (ValueError, KeyError, AttributeError, TypeError, OSError) as exc:
+        # json and pandas parse errors are ValueErrors; a run.json of the wrong shape, the rest.
+        raise UsageError(f"cannot render {path}: damaged run directory ({type(exc).__name__}: {exc})") from None
 
 
 def cmd_models(args: argparse.Namespace) -> int:

@@ -542,6 +542,12 @@ def build_comparison(run_paths: Sequence[str], metric_names: Sequence[str] = DEF
     if unknown or not metric_names:
         raise UsageError(f"unknown metric(s) {', '.join(unknown) or '(none)'}; known: {', '.join(METRICS)}")
     runs = [load_run(p, string.ascii_uppercase[i]) for i, p in enumerate(run_paths)]
+    seen: dict[Path, str] = {}
+    for run in runs:
+        where = run.path.resolve()
+        if where in seen:
+            raise UsageError(f"{run.label} and {seen[where]} are the same run ({run.path}): compare different runs")
+        seen[where] = run.label
     align, run_level = split_parameters(runs)
     metrics = [METRICS[m] for m in metric_names]
     pairs = [compare_pair(runs[0], other, align, metrics) for other in runs[1:]]

@@ -17,13 +17,15 @@ def _summary(run_path: Path) -> dict | None:
         meta = json.loads((run_path / RUN_FILE).read_text())
     except (OSError, ValueError):
         return None
-    host = meta.get("host", {})
+    if not isinstance(meta, dict):
+        return None
+    host = meta.get("host") if isinstance(meta.get("host"), dict) else {}
     points = run_path / POINTS_FILE
     try:
         count = max(sum(1 for _ in points.open()) - 1, 0) if points.exists() else 0
     except OSError:
         count = 0
-    config = meta.get("config", {})
+    config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
     return {
         "run_id": meta.get("run_id", run_path.name),
         "dir": run_path.name,

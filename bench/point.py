@@ -201,11 +201,17 @@ def _measure(
     except PointFailed as exc:
         row["status"] = STATUS_FAILED
         row["reason"] = "; ".join([str(exc), *server.warnings])
+    except Exception as exc:  # noqa: BLE001 - a harness error at one point must not end the sweep
+        row["status"] = STATUS_FAILED
+        row["reason"] = f"harness error: {type(exc).__name__}: {exc}"
     finally:
-        if load is not None:
-            load.stop()
-        server.stop()
-        row["server_exit_s"] = server.exit_s
+        try:
+            if load is not None:
+                load.stop()
+        finally:
+            # Even when a second Ctrl-C lands while the load workers are being stopped.
+            server.stop()
+            row["server_exit_s"] = server.exit_s
     return row, histograms
 
 

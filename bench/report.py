@@ -154,6 +154,8 @@ def _profile_source(run_path: Path, meta: dict[str, Any]) -> Path | None:
             other = json.loads((sibling / "run.json").read_text())
         except (OSError, ValueError):
             continue
+        if not isinstance(other, dict) or not isinstance(other.get("host", {}), dict):
+            continue
         same_host = other.get("host", {}).get("hostname") == host.get("hostname")
         same_kernel = other.get("host", {}).get("kernel") == host.get("kernel")
         if other.get("kind") == "profile" and same_host and same_kernel and (sibling / SYSCALLS_FILE).exists():

@@ -7,6 +7,7 @@ reaped still count, through the parent's children_user/children_system times.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 
@@ -27,9 +28,33 @@ class TreeSample:
     uss_bytes: int | None = None
 
 
+def thread_ctx_switches(pid: int) -> tuple[int, int]:
+    """Voluntary and involuntary context switches of every thread of a process.
+
+    /proc/PID/status (what psutil reads) counts the main thread only, which would show a
+    thread-per-connection server as never switching."""
+    vol = invol = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0, 0
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as fh:
+                for line in fh:
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        vol += int(line.split()[1])
+                    elif line.startswith("nonvoluntary_ctxt_switches:"):
+                        invol += int(line.split()[1])
+        except OSError:
+            continue
+    return vol, invol
+
+
 def sample_tree(pid: int, with_uss: bool = False) -> TreeSample | None:
-    """One reading of the tree; `with_uss` adds unique set size (reads smaps, so costlier):
-    summed over a forked tree it counts shared pages once, where RSS would count them per child."""
+    """One reading of the tree; `with_uss` adds the costlier readings, taken only at the
+    window's ends: unique set size (reads smaps; summed over a forked tree it counts shared
+    pages once, where RSS would count them per child) and every thread's context switches."""
     try:
         root = psutil.Process(pid)
         procs = [root, *root.children(recursive=True)]
@@ -47,10 +72,10 @@ def sample_tree(pid: int, with_uss: bool = False) -> TreeSample | None:
                 rss += proc.memory_info().rss
                 threads += proc.num_threads()
                 fds += proc.num_fds()
-                ctx = proc.num_ctx_switches()
-                vol += ctx.voluntary
-                invol += ctx.involuntary
                 if with_uss:
+                    v, i = thread_ctx_switches(proc.pid)
+                    vol += v
+                    invol += i
                     uss += proc.memory_full_info().uss
                 alive += 1
         except psutil.Error:
@@ -94,7 +119,7 @@ class TreeSampler:
         return sample
 
     def begin(self) -> None:
-        self.first = self._take()
+        self.first = self._take(with_uss=True)
 
     def tick(self) -> None:
         self._take()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import signal
 import sys
 import time
@@ -41,7 +42,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UsageError(f"unknown model {args.model!r}; known: {', '.join(registry.model_names())}")
     if not info.available:
         raise UsageError(f"{args.model} is unavailable here: {info.reason}")
-    if args.duration <= 0 or args.server_workers < 1 or args.fork_cap < 1 or not 0 <= args.port < 65536:
+    bad_duration = not math.isfinite(args.duration) or args.duration <= 0
+    if bad_duration or args.server_workers < 1 or args.fork_cap < 1 or not 0 <= args.port < 65536:
         raise UsageError("--duration must be > 0, --server-workers and --fork-cap >= 1, --port 0..65535")
     server_args = [args.model, "--host", args.host, "--port", str(args.port), "--fork-cap", str(args.fork_cap)]
     server_args += ["--workers", str(args.server_workers)]

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import csv
 import ctypes
+import math
 import os
 import shutil
 import signal
@@ -659,7 +660,7 @@ def _config(args: argparse.Namespace) -> ProfileConfig:
         raise UsageError(f"--connections must be >= 1, got {args.connections}")
     if args.payload < 1:
         raise UsageError(f"--payload must be >= 1, got {args.payload}")
-    if args.duration <= 2 * DETACH_MARGIN_S:
+    if not math.isfinite(args.duration) or args.duration <= 2 * DETACH_MARGIN_S:
         raise UsageError(f"--duration must be > {2 * DETACH_MARGIN_S:g} s, got {args.duration}")
     if bool(args.server_cpus) != bool(args.client_cpus):
         raise UsageError("--server-cpus and --client-cpus go together")

@@ -242,9 +242,9 @@ def run_request_loop(
                 expire_stuck(now)
     finally:
         measured_end = clock()
+        usage_end = resource.getrusage(resource.RUSAGE_SELF)
         gc.enable()
         expire_stuck(measured_end)
-        usage_end = resource.getrusage(resource.RUSAGE_SELF)
         live = len(conns)
         for conn in conns.values():
             conn.sock.close()

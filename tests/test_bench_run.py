@@ -185,7 +185,9 @@ def test_sigint_keeps_measured_rows_and_leaves_no_process(tmp_path):
         (["run", "--models", "nosuch"], "unknown model"),
         (["run", "--connections", "1,abc"], "comma-separated list of integers"),
         (["run", "--connections", "0"], ">= 1"),
-        (["run", "--duration", "-1"], "--duration must be > 0"),
+        (["run", "--duration", "-1"], "--duration must be a finite number > 0"),
+        (["run", "--duration", "nan"], "--duration must be a finite number > 0"),
+        (["run", "--workload", "open", "--rate", "inf"], "--rate must be a finite number"),
         (["run", "--server-cpus", "99", "--client-cpus", "0"], "--server-cpus must name CPUs"),
         (["report", "/nonexistent/run"], "not a run directory"),
     ],
@@ -197,3 +199,32 @@ def test_bad_input_is_one_line_error(tmp_path, args, message):
     assert "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.timeout(60)
+def test_damaged_run_directories_get_one_line_errors(tmp_path):
+    bad_json = tmp_path / "bad-json"
+    bad_json.mkdir()
+    (bad_json / "run.json").write_text("{bad")
+    proc = run_bench("report", str(bad_json))
+    assert proc.returncode == 2 and "damaged run directory" in proc.stderr and "Traceback" not in proc.stderr
+    # A stray sibling of the wrong shape must not break the reports of good runs beside it.
+    (tmp_path / "stray").mkdir()
+    (tmp_path / "stray" / "run.json").write_text("[1]")
+    good = run_bench(
+        "run", "--models", "epoll", "--connections", "2", "--duration", "0.3", "--warmup", "0", "--out", str(tmp_path)
+    )
+    assert good.returncode == 0, good.stderr
+    assert "Traceback" not in good.stderr
+
+
+@pytest.mark.timeout(60)
+def test_a_run_where_no_point_succeeds_exits_non_zero(tmp_path):
+    proc = run_bench(
+        "run", "--models", "crash", "--connections", "2", "--duration", "0.3", "--warmup", "0",
+        "--out", str(tmp_path), extra_models=EXTRA_MODELS,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert "no point of this run was measured successfully" in proc.stderr
+    (row,) = read_points(only_run_dir(tmp_path))
+    assert row["status"] == "failed"

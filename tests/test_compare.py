@@ -414,3 +414,12 @@ def test_two_real_tiny_runs(tmp_path):
     html = page.read_text()
     assert "Host fingerprint" in html
     assert "epoll" in html and "--payload 512" in _page_text(html)
+
+
+def test_the_same_run_twice_is_refused(tmp_path):
+    from bench.compare import build_comparison
+    from bench.errors import UsageError
+
+    run = write_run(tmp_path / "res", "run-a", _points(1.0, 1.0, payload=64))
+    with pytest.raises(UsageError, match="same run"):
+        build_comparison([str(run), str(run)])

@@ -70,6 +70,7 @@ def test_serve_stops_by_itself_after_its_duration():
     [
         (["serve", "nosuch"], "unknown model"),
         (["serve", "epoll", "--duration", "0"], "--duration must be > 0"),
+        (["serve", "epoll", "--duration", "nan"], "--duration must be > 0"),
         (["run", "--target", "127.0.0.1"], "--target takes HOST:PORT"),
         (["run", "--target", "127.0.0.1:99999"], "--target takes HOST:PORT"),
         (["run", "--target", "127.0.0.1:80", "--models", "epoll"], "--models does not apply"),
@@ -115,7 +116,8 @@ def test_allow_remote_lets_the_target_through_and_records_the_failure(tmp_path):
         "run", "--target", "10.255.0.1:7", "--allow-remote", "--connections", "1", "--duration", "0.2",
         "--warmup", "0", "--ready-timeout", "2", "--out", str(tmp_path),
     )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
+    # The point is written as failed data; with no point measured the run exits 1.
+    assert proc.returncode == 1, proc.stderr
     (row,) = read_points(only_run_dir(tmp_path))
     assert row["status"] == "failed"
     assert "cannot connect to the target 10.255.0.1:7" in row["reason"]
