@@ -240,9 +240,10 @@ def _fill_costs(row: dict, spec: PointSpec, requests: int, usage: WindowUsage, b
     if requests:
         row["server_cpu_user_us_per_req"] = usage.cpu_user_s * 1e6 / requests
         row["server_cpu_sys_us_per_req"] = usage.cpu_sys_s * 1e6 / requests
-        row["ctx_vol_per_req"] = usage.ctx_voluntary / requests
-        row["ctx_invol_per_req"] = usage.ctx_involuntary / requests
-        row["ctx_per_req"] = (usage.ctx_voluntary + usage.ctx_involuntary) / requests
+        if usage.ctx_voluntary is not None and usage.ctx_involuntary is not None:
+            row["ctx_vol_per_req"] = usage.ctx_voluntary / requests
+            row["ctx_invol_per_req"] = usage.ctx_involuntary / requests
+            row["ctx_per_req"] = (usage.ctx_voluntary + usage.ctx_involuntary) / requests
     row["server_uss_bytes"] = usage.uss_bytes
     held = spec.connections + spec.idle
     # Below this many connections the difference is lost in page-sized allocator noise (and

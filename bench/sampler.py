@@ -92,8 +92,8 @@ class WindowUsage:
     peak_fds: int
     peak_processes: int
     seconds: float
-    ctx_voluntary: int
-    ctx_involuntary: int
+    ctx_voluntary: int | None
+    ctx_involuntary: int | None
     uss_bytes: int | None
 
 
@@ -136,7 +136,13 @@ class TreeSampler:
             peak_fds=self.peaks[2],
             peak_processes=self.peaks[3],
             seconds=self.last.at - self.first.at,
-            ctx_voluntary=self.last.ctx_voluntary - self.first.ctx_voluntary,
-            ctx_involuntary=self.last.ctx_involuntary - self.first.ctx_involuntary,
+            ctx_voluntary=_growth(self.first.ctx_voluntary, self.last.ctx_voluntary),
+            ctx_involuntary=_growth(self.first.ctx_involuntary, self.last.ctx_involuntary),
             uss_bytes=self.last.uss_bytes,
         )
+
+
+def _growth(first: int, last: int) -> int | None:
+    """A counter's increase over the window, or None when it shrank: threads or children that
+    ended took their counts with them, so the difference would be a wrong number."""
+    return last - first if last >= first else None
