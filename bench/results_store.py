@@ -6,6 +6,7 @@ measured; run.json is replaced atomically, never left half-written.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -13,6 +14,7 @@ import secrets
 import shlex
 import sys
 import time
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,25 @@ def new_run_meta(run_id: str) -> dict[str, Any]:
         "status": "running",
         "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
     }
+
+
+@contextlib.contextmanager
+def recording_status(
+    run_dir: RunDirectory, meta: dict[str, Any], on_finish: Callable[[dict[str, Any]], None] | None = None
+) -> Iterator[None]:
+    """Run the body, then write run.json with status `complete` or, on Ctrl-C, `interrupted`,
+    and the finish time; whatever happens, run.json is written last (after `on_finish`)."""
+    try:
+        yield
+        meta["status"] = "complete"
+    except KeyboardInterrupt:
+        meta["status"] = "interrupted"
+        raise
+    finally:
+        meta["finished"] = now_iso()
+        if on_finish is not None:
+            on_finish(meta)
+        run_dir.write_run(meta)
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

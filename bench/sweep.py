@@ -12,7 +12,7 @@ from bench.cpus import Pinning
 from bench.find_max import find_max_rate
 from bench.host import describe_host
 from bench.point import PointSpec, Timing, run_point, unmeasured_row
-from bench.results_store import RunDirectory, new_run_id, new_run_meta, now_iso
+from bench.results_store import RunDirectory, new_run_id, new_run_meta, recording_status
 from bench.statistics import finalize_run_statistics
 from servers import registry
 
@@ -81,6 +81,10 @@ def plan(config: RunConfig) -> list[PointSpec]:
     return specs
 
 
+def _summary(run_dir: RunDirectory) -> dict:
+    return {"warnings": finalize_run_statistics(run_dir)}
+
+
 def run_sweep(config: RunConfig, on_point: Callable[[dict, Path], None] | None = None) -> RunDirectory:
     run_id = new_run_id()
     run_dir = RunDirectory.create(config.out, run_id)
@@ -96,7 +100,7 @@ def run_sweep(config: RunConfig, on_point: Callable[[dict, Path], None] | None =
     # The harness itself runs beside the load workers, off the server's CPUs (after the host
     # description, which records the CPUs this process may use).
     os.sched_setaffinity(0, set(config.pinning.client))
-    try:
+    with recording_status(run_dir, meta, on_finish=lambda m: m.update(summary=_summary(run_dir))):
         for spec in specs:
             timing = Timing(config.duration_s, config.warmup_s, config.ready_timeout_s, config.quiet_wait_s)
             if spec.model in config.unavailable:
@@ -110,12 +114,4 @@ def run_sweep(config: RunConfig, on_point: Callable[[dict, Path], None] | None =
                 run_dir.append_point(row, hists)
                 if on_point is not None:
                     on_point(row, run_dir.path)
-        meta["status"] = "complete"
-    except KeyboardInterrupt:
-        meta["status"] = "interrupted"
-        raise
-    finally:
-        meta["finished"] = now_iso()
-        meta["summary"] = {"warnings": finalize_run_statistics(run_dir)}
-        run_dir.write_run(meta)
     return run_dir

@@ -50,7 +50,7 @@ from bench.load_workers import LoadPlan, LoadWorkers, worker_count
 from bench.model_selection import select_models
 from bench.pipes import deadline_in, remaining
 from bench.processes import process_tree
-from bench.results_store import RunDirectory, new_run_id, new_run_meta, now_iso
+from bench.results_store import RunDirectory, new_run_id, new_run_meta, recording_status
 from bench.server_control import ServerUnderTest
 
 SYSCALLS_FILE = "syscalls.csv"
@@ -524,7 +524,7 @@ def run_profile(
         "profiles": [],
     }
     run_dir.write_run(meta)
-    try:
+    with recording_status(run_dir, meta):
         for model in config.models:
             if model in config.unavailable:
                 profile = ModelProfile(model, STATUS_SKIPPED, f"unavailable here: {config.unavailable[model]}")
@@ -536,13 +536,6 @@ def run_profile(
             run_dir.write_run(meta)
             if on_model is not None:
                 on_model(profile)
-        meta["status"] = "complete"
-    except KeyboardInterrupt:
-        meta["status"] = "interrupted"
-        raise
-    finally:
-        meta["finished"] = now_iso()
-        run_dir.write_run(meta)
     return run_dir, profiles
 
 
