@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import pytest
-from server_process import ALL_MODELS, SCALABLE_MODELS, ServerProcess, StartServer, describe
+from server_process import ALL_MODELS, SCALABLE_MODELS, ArgvServer, ServerProcess, StartServer, describe
 
 
 def pytest_report_header() -> list[str]:
@@ -61,3 +61,18 @@ def start_server() -> Iterator[StartServer]:
 def server(model: str, start_server: StartServer) -> ServerProcess:
     """A ready server of the parametrised model."""
     return start_server(model)
+
+
+@pytest.fixture
+def spawn() -> Iterator[Callable[..., ArgvServer]]:
+    """Start servers from an argv (optionally with a preexec hook); each is killed by PID at teardown."""
+    started: list[ArgvServer] = []
+
+    def _spawn(argv: list[str], preexec_fn: Callable[[], None] | None = None) -> ArgvServer:
+        server = ArgvServer(argv, preexec_fn)
+        started.append(server)
+        return server
+
+    yield _spawn
+    for server in started:
+        server.kill()

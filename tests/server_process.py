@@ -493,3 +493,65 @@ def recv_until_eof(sock: socket.socket, limit: int) -> bytes:
         if len(buf) > limit:
             raise AssertionError(f"received {len(buf)} bytes, more than the {limit} owed")
     return bytes(buf)
+
+
+# -- a server from any argv (a model subclass in `python -c`, a preexec hook) ------------------
+
+
+class ArgvServer:
+    """A server started from an arbitrary command line, read line by line on stdout; killed by
+    PID with `kill()`. For tests that need what ServerProcess does not take: a custom argv or
+    a preexec hook (a tiny RLIMIT_SIGPENDING, say)."""
+
+    def __init__(self, argv: list[str], preexec_fn: Callable[[], None] | None = None) -> None:
+        self.proc = subprocess.Popen(
+            argv,
+            cwd=PROJECT_ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+            preexec_fn=preexec_fn,
+        )
+        self.pid = self.proc.pid
+        try:
+            event = self.next_event(READY_TIMEOUT)
+            assert event.get("event") == "ready", f"{argv}: expected a ready line, got {event!r}"
+            self.port = int(event["port"])
+        except BaseException:
+            self.kill()
+            raise
+
+    def next_event(self, timeout: float) -> dict:
+        readable, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        line = self.proc.stdout.readline() if readable else ""  # type: ignore[union-attr]
+        return json.loads(line) if line.startswith("{") else {"line": line}
+
+    def status(self, field: str) -> str:
+        """A field of /proc/PID/status (SigQ, ShdPnd, ...)."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return line.split(":", 1)[1].strip()
+        raise KeyError(field)
+
+    def fd_numbers(self) -> list[int]:
+        return [int(name) for name in os.listdir(f"/proc/{self.pid}/fd")]
+
+    def wait_for_fd_count(self, count: int, timeout: float = 5.0) -> int:
+        """Poll /proc until the server holds `count` descriptors (closing is asynchronous to
+        the client); returns the last count seen."""
+        deadline = time.monotonic() + timeout
+        while (seen := len(self.fd_numbers())) != count and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return seen
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()  # SIGKILL to this PID only
+            self.proc.wait(5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+def model_argv(model: str) -> list[str]:
+    return [sys.executable, "-m", "servers", model, "--host", HOST, "--port", "0", "--die-with-parent"]

@@ -8,7 +8,6 @@ not read, edges that are never repeated, descriptors past 1024 and prompt shutdo
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import select
@@ -16,16 +15,12 @@ import selectors
 import signal
 import socket
 import struct
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
+from server_process import ArgvServer, model_argv
 
-ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 MODELS = ["nonblocking", "epoll-et", "selectors", "sigio"]
 KIB, MIB = 1024, 1024 * 1024
@@ -35,78 +30,9 @@ HIGH_WATER = 16 * MIB  # servers.connection.HIGH_WATER, restated so a change is 
 # --- the server process ------------------------------------------------------------------
 
 
-@dataclass
-class Server:
-    proc: subprocess.Popen[str]
-    port: int
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def fd_numbers(self) -> list[int]:
-        return [int(name) for name in os.listdir(f"/proc/{self.pid}/fd")]
-
-    def wait_for_fd_count(self, count: int, timeout: float = 5.0) -> int:
-        """Poll /proc until the server holds `count` descriptors (closing is asynchronous to
-        the client); returns the last count seen."""
-        deadline = time.monotonic() + timeout
-        while (seen := len(self.fd_numbers())) != count and time.monotonic() < deadline:
-            time.sleep(0.01)
-        return seen
-
-
-def start(argv: list[str], **popen_kwargs: object) -> Server:
-    proc = subprocess.Popen(
-        argv,
-        cwd=ROOT,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-        **popen_kwargs,
-    )
-    try:
-        ready_fds, _, _ = select.select([proc.stdout], [], [], 15.0)
-        line = proc.stdout.readline() if ready_fds else ""  # type: ignore[union-attr]
-        event = json.loads(line) if line.startswith("{") else {}
-        assert event.get("event") == "ready", f"{argv}: expected a ready line, got {line!r}"
-        return Server(proc, int(event["port"]))
-    except BaseException:
-        kill(proc)
-        raise
-
-
-def kill(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.kill()  # SIGKILL to this PID only
-        proc.wait(5)
-    if proc.stdout is not None:
-        proc.stdout.close()
-
-
-def server_argv(model: str) -> list[str]:
-    return [sys.executable, "-m", "servers", model, "--host", HOST, "--port", "0", "--die-with-parent"]
-
-
-@pytest.fixture
-def spawn() -> Iterator[Callable[..., Server]]:
-    """Start servers from argv; every one is killed by PID at teardown."""
-    started: list[subprocess.Popen[str]] = []
-
-    def _spawn(argv: list[str], **popen_kwargs: object) -> Server:
-        server = start(argv, **popen_kwargs)
-        started.append(server.proc)
-        return server
-
-    yield _spawn
-    for proc in started:
-        kill(proc)
-
-
 @pytest.fixture(params=MODELS)
-def echo_server(request: pytest.FixtureRequest, spawn: Callable[..., Server]) -> Server:
-    return spawn(server_argv(request.param))
+def echo_server(request: pytest.FixtureRequest, spawn: Callable[..., ArgvServer]) -> ArgvServer:
+    return spawn(model_argv(request.param))
 
 
 @pytest.fixture
@@ -216,7 +142,7 @@ def exchange(
                 sock.settimeout(20.0)
 
 
-def settle(server: Server) -> int:
+def settle(server: ArgvServer) -> int:
     """The server's descriptor count with no client, measured once its loop is running."""
     with connect(server.port) as sock:
         exchange([sock], [b"settle"])
@@ -228,7 +154,7 @@ def settle(server: Server) -> int:
 
 
 @pytest.mark.timeout(30)
-def test_payloads_from_1_byte_to_1_mib(echo_server: Server, rng: random.Random) -> None:
+def test_payloads_from_1_byte_to_1_mib(echo_server: ArgvServer, rng: random.Random) -> None:
     sizes = [1, 2, 7, 1448, 64 * KIB - 1, 64 * KIB, 64 * KIB + 1, 300 * KIB, MIB]
     sizes += [rng.randint(1, MIB) for _ in range(4)]
     payloads = [rng.randbytes(n) for n in sizes]
@@ -244,14 +170,14 @@ def test_payloads_from_1_byte_to_1_mib(echo_server: Server, rng: random.Random) 
 
 
 @pytest.mark.timeout(30)
-def test_pipelined_stream_keeps_its_order(echo_server: Server, rng: random.Random) -> None:
+def test_pipelined_stream_keeps_its_order(echo_server: ArgvServer, rng: random.Random) -> None:
     stream = b"".join(rng.randbytes(rng.randint(1, 200 * KIB)) for _ in range(40))
     with connect(echo_server.port) as sock:
         exchange([sock], [stream])
 
 
 @pytest.mark.timeout(30)
-def test_500_concurrent_connections(echo_server: Server, rng: random.Random) -> None:
+def test_500_concurrent_connections(echo_server: ArgvServer, rng: random.Random) -> None:
     socks = [connect(echo_server.port) for _ in range(500)]
     try:
         for _round in range(2):
@@ -261,7 +187,7 @@ def test_500_concurrent_connections(echo_server: Server, rng: random.Random) -> 
 
 
 @pytest.mark.timeout(30)
-def test_client_writing_8_mib_before_reading(echo_server: Server, rng: random.Random) -> None:
+def test_client_writing_8_mib_before_reading(echo_server: ArgvServer, rng: random.Random) -> None:
     data = rng.randbytes(8 * MIB)
     with connect(echo_server.port) as writer:
         # Blocks unless the server keeps reading while its echo cannot be delivered.
@@ -276,7 +202,7 @@ def test_client_writing_8_mib_before_reading(echo_server: Server, rng: random.Ra
 
 
 @pytest.mark.timeout(60)
-def test_reading_resumes_after_high_water(echo_server: Server, rng: random.Random) -> None:
+def test_reading_resumes_after_high_water(echo_server: ArgvServer, rng: random.Random) -> None:
     """Past HIGH_WATER the server stops reading with data left in the kernel: for edge and
     signal models no new event announces that data, so the loop itself must remember it."""
     # More than HIGH_WATER plus every socket buffer on the path can hold (4 + 32 + 4 MiB max).
@@ -301,7 +227,7 @@ def test_reading_resumes_after_high_water(echo_server: Server, rng: random.Rando
 
 
 @pytest.mark.timeout(30)
-def test_abrupt_reset_leaves_others_served(echo_server: Server, rng: random.Random) -> None:
+def test_abrupt_reset_leaves_others_served(echo_server: ArgvServer, rng: random.Random) -> None:
     baseline = settle(echo_server)
     linger0 = struct.pack("ii", 1, 0)
     bystander = connect(echo_server.port)
@@ -326,7 +252,7 @@ def test_abrupt_reset_leaves_others_served(echo_server: Server, rng: random.Rand
 
 
 @pytest.mark.timeout(30)
-def test_half_close_flushes_then_closes(echo_server: Server, rng: random.Random) -> None:
+def test_half_close_flushes_then_closes(echo_server: ArgvServer, rng: random.Random) -> None:
     baseline = settle(echo_server)
     sizes = [0, 1, 1000, 64 * KIB + 1, 3 * MIB] + [rng.randint(1, 256 * KIB) for _ in range(15)]
     socks = [connect(echo_server.port) for _ in sizes]
@@ -344,7 +270,7 @@ def test_half_close_flushes_then_closes(echo_server: Server, rng: random.Random)
 
 
 @pytest.mark.timeout(60)
-def test_descriptors_past_1024(echo_server: Server, rng: random.Random) -> None:
+def test_descriptors_past_1024(echo_server: ArgvServer, rng: random.Random) -> None:
     baseline = settle(echo_server)
     socks = [connect(echo_server.port) for _ in range(1100)]
     try:
@@ -358,7 +284,7 @@ def test_descriptors_past_1024(echo_server: Server, rng: random.Random) -> None:
 
 
 @pytest.mark.timeout(30)
-def test_data_queued_before_accept(echo_server: Server, rng: random.Random) -> None:
+def test_data_queued_before_accept(echo_server: ArgvServer, rng: random.Random) -> None:
     """Connections and data that arrive while the server is stopped are already there when it
     accepts: no readiness change will announce them afterwards."""
     os.kill(echo_server.pid, signal.SIGSTOP)
@@ -384,7 +310,7 @@ def test_data_queued_before_accept(echo_server: Server, rng: random.Random) -> N
 
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_shutdown_signal_exits_within_1_s(echo_server: Server, signum: int, rng: random.Random) -> None:
+def test_shutdown_signal_exits_within_1_s(echo_server: ArgvServer, signum: int, rng: random.Random) -> None:
     idle = [connect(echo_server.port) for _ in range(20)]
     owed = connect(echo_server.port)
     try:

@@ -8,21 +8,20 @@ sigio with the other loops in test_multiplexing_servers.py.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import resource
-import select
 import selectors
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from server_process import ArgvServer, model_argv
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -92,58 +91,8 @@ sys.exit(CountingSigioServer(ServerOptions(host="127.0.0.1", port=0)).run())
 # --- helpers -----------------------------------------------------------------------------
 
 
-class Server:
-    def __init__(self, argv: list[str], preexec_fn: Callable[[], None] | None = None) -> None:
-        self.proc = subprocess.Popen(
-            argv,
-            cwd=ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-            preexec_fn=preexec_fn,
-        )
-        self.pid = self.proc.pid
-        event = self.next_event(15.0)
-        assert event.get("event") == "ready", event
-        self.port = int(event["port"])
-
-    def next_event(self, timeout: float) -> dict:
-        readable, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        line = self.proc.stdout.readline() if readable else ""  # type: ignore[union-attr]
-        return json.loads(line) if line.startswith("{") else {"line": line}
-
-    def status(self, field: str) -> str:
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return line.split(":", 1)[1].strip()
-        raise KeyError(field)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()  # SIGKILL to this PID only
-            self.proc.wait(5)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-
-
-@pytest.fixture
-def spawn() -> Iterator[Callable[..., Server]]:
-    """Start servers; every one is killed by PID at teardown."""
-    started: list[Server] = []
-
-    def _spawn(argv: list[str], preexec_fn: Callable[[], None] | None = None) -> Server:
-        server = Server(argv, preexec_fn)
-        started.append(server)
-        return server
-
-    yield _spawn
-    for server in started:
-        server.kill()
-
-
 def sigio_argv() -> list[str]:
-    return [sys.executable, "-m", "servers", "sigio", "--host", HOST, "--port", "0", "--die-with-parent"]
+    return model_argv("sigio")
 
 
 def connect(port: int) -> socket.socket:
@@ -206,7 +155,7 @@ def test_kernel_facts_the_model_relies_on() -> None:
 
 
 @pytest.mark.timeout(30)
-def test_every_socket_is_armed(spawn: Callable[..., Server]) -> None:
+def test_every_socket_is_armed(spawn: Callable[..., ArgvServer]) -> None:
     server = spawn(sigio_argv())
     socks = [connect(server.port) for _ in range(30)]
     try:
@@ -234,7 +183,7 @@ def user_pending_signals() -> int:
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("headroom", [None, 4], ids=["queue-always-full", "queue-of-4"])
-def test_signal_queue_overflow_falls_back_to_scanning(spawn: Callable[..., Server], headroom: int | None) -> None:
+def test_signal_queue_overflow_falls_back_to_scanning(spawn: Callable[..., ArgvServer], headroom: int | None) -> None:
     """A tiny RLIMIT_SIGPENDING makes the real-time queue overflow, so the kernel falls back to
     plain SIGIO: every echo must still arrive, through full scans. With a limit of 0 nothing
     ever queues (not even the si_fd probe); with a few slots, signals and overflows mix."""
@@ -266,7 +215,7 @@ def test_signal_queue_overflow_falls_back_to_scanning(spawn: Callable[..., Serve
 
 
 @pytest.mark.timeout(30)
-def test_exits_cleanly_with_signals_still_queued(spawn: Callable[..., Server]) -> None:
+def test_exits_cleanly_with_signals_still_queued(spawn: Callable[..., ArgvServer]) -> None:
     """Stopping with readiness signals queued must not let them hit their default action
     (terminate) when the server unblocks them on the way out."""
     server = spawn(sigio_argv())
