@@ -25,6 +25,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+import cbuild
 from servers import native_server
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -388,7 +389,7 @@ def test_fork_children_die_with_a_killed_parent(start) -> None:
 
 
 def test_native_build_is_cached_keyed_and_atomic(tmp_path: Path) -> None:
-    if native_server.find_compiler() is None:
+    if cbuild.find_compiler() is None:
         pytest.skip("no C compiler")
     source = tmp_path / "echo.c"
     source.write_bytes(native_server.SOURCE.read_bytes())
