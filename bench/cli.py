@@ -37,6 +37,7 @@ def _positive(value: float, name: str, allow_zero: bool = False) -> float:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from bench.engines import choose_engine
     from bench.sweep import RunConfig, run_sweep
 
     if args.engine != "locust" and (args.locust_workers or args.locust_ui or args.locust_remote_workers):
@@ -81,6 +82,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise UsageError("--find-max searches an open-loop rate; it does not apply to --workload churn")
     elif args.slo:
         raise UsageError("--slo applies to --find-max only")
+    engine, engine_warnings = choose_engine(args.engine)
     config = RunConfig(
         models=models,
         connections=_int_list(args.connections, "--connections"),
@@ -100,7 +102,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         slo_p99_us=slo_p99_us,
         quiet_wait_s=_positive(args.quiet_wait, "--quiet-wait", allow_zero=True),
         target=target,
-        engine=args.engine,
+        engine=engine,
+        engine_warnings=engine_warnings,
         locust_workers=int(_positive(args.locust_workers, "--locust-workers", allow_zero=True)),
         locust_ui=args.locust_ui,
         locust_remote_workers=int(_positive(args.locust_remote_workers, "--locust-remote-workers", allow_zero=True)),
@@ -215,9 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
     engine = run.add_argument_group("load engine")
     engine.add_argument(
         "--engine",
-        choices=["builtin", "locust"],
-        default="builtin",
-        help="builtin (default: the precise one) or locust (distributed: master plus workers, closed loop only)",
+        choices=["c", "python", "locust"],
+        default=None,
+        help="c (default where a C compiler exists: compiled workers), python (portable, a cross-check) or locust "
+        "(distributed: master plus workers, closed loop only)",
     )
     engine.add_argument(
         "--locust-workers", type=int, default=0, help="local Locust workers (default: one per client CPU)"

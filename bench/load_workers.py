@@ -1,10 +1,17 @@
-"""The manager side of the load engine: start workers, wait for their connections, give them
-one shared schedule, collect and merge their results."""
+"""The manager side of the built-in load engines: start workers, wait for their connections,
+give them one shared schedule, collect and merge their results.
+
+LoadWorkers is the manager; a subclass says which worker program runs: PythonWorkers
+(`python -m loadgen`) or CWorkers (loadgen/native/worker.c, compiled on first use). Both
+workers take the same options and speak the same protocol (loadgen/control.py).
+"""
 
 from __future__ import annotations
 
 import ipaddress
+import resource
 import subprocess
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -13,13 +20,26 @@ from typing import Any
 from bench.child import format_cpus
 from bench.errors import PointFailed
 from bench.pipes import MessageReader, deadline_in, remaining
-from bench.processes import spawn_python, terminate_tree
+from bench.processes import spawn, terminate_tree
 from loadgen import control
-from loadgen.histogram import merge
+from loadgen.histogram import fold_counts, merge
 from loadgen.source_addresses import addresses_needed
 
-# A worker owns at most this many connections, well under RLIMIT_NOFILE (20000 here).
-MAX_CONNECTIONS_PER_WORKER = 15000
+# Descriptors a worker needs besides its connections: stdio, epoll, timerfd, Python's own.
+WORKER_FD_MARGIN = 64
+# Connections per worker at most, whatever the limit: beyond it one worker's CPU, not its
+# descriptors, is what runs out.
+WORKER_CONNECTIONS_CAP = 15000
+
+
+def max_connections_per_worker(nofile: int | None = None) -> int:
+    """Connections one load worker may hold: its RLIMIT_NOFILE (inherited from bench) less a
+    margin, capped at WORKER_CONNECTIONS_CAP."""
+    limit = nofile if nofile is not None else resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return max(1, min(WORKER_CONNECTIONS_CAP, limit - WORKER_FD_MARGIN))
+
+
+MAX_CONNECTIONS_PER_WORKER = max_connections_per_worker()
 
 
 @dataclass
@@ -69,6 +89,8 @@ def is_loopback(host: str) -> bool:
 
 
 def worker_count(plan: LoadPlan, client_cpus: int) -> int:
+    """Workers for `plan`: enough for the descriptors, and one per client CPU once there is
+    enough work to share."""
     by_fds = -(-(plan.connections + plan.idle) // MAX_CONNECTIONS_PER_WORKER)
     # One worker per client CPU once there is enough work to share; never idle workers.
     by_cpus = min(client_cpus, plan.connections)
@@ -81,14 +103,32 @@ def split(total: int, parts: int) -> list[int]:
 
 
 class LoadWorkers:
+    """The workers of one point. Subclasses name the worker program (`argv`)."""
+
+    engine = ""
+    # More workers can be added when one was the bottleneck (bench.point.run_point).
+    can_add_workers = True
+    # Seconds the connect phase may take beyond the point's own allowance.
+    extra_connect_timeout_s = 0.0
+
     def __init__(self, host: str, port: int, plan: LoadPlan, cpus: tuple[int, ...], workers: int):
         self.host, self.port, self.plan, self.cpus = host, port, plan, cpus
-        workers = max(1, min(workers, plan.connections))
-        self.active = split(plan.connections, workers)
-        self.idle = split(plan.idle, workers)
+        self.workers = max(1, min(workers, plan.connections))
+        self.active = split(plan.connections, self.workers)
+        self.idle = split(plan.idle, self.workers)
         self.popens: list[subprocess.Popen] = []
         self.readers: list[MessageReader] = []
         self.errlogs: list[MessageReader] = []
+        self.notes: list[str] = []
+
+    @classmethod
+    def plan_workers(cls, plan: LoadPlan, client_cpus: int, requested: int = 0) -> int:
+        """Workers for `plan` on `client_cpus` CPUs (`requested` is Locust's option, unused here)."""
+        return worker_count(plan, client_cpus)
+
+    def argv(self, options: list[str]) -> list[str]:
+        """The command line of one worker with these options."""
+        raise NotImplementedError
 
     def start(self) -> None:
         plan = self.plan
@@ -103,7 +143,7 @@ class LoadWorkers:
             if plan.rate:
                 args += ["--rate", repr(plan.rate * active / plan.connections)]
             first += active + idle
-            popen = spawn_python("loadgen", args)
+            popen = spawn(self.argv(args))
             self.popens.append(popen)
             self.readers.append(MessageReader(popen.stdout, f"loadgen-{wid}"))
             self.errlogs.append(MessageReader(popen.stderr, f"loadgen-{wid}-err"))
@@ -115,7 +155,7 @@ class LoadWorkers:
             while True:
                 message = reader.next(min(remaining(deadline), 0.25))
                 if message is not None and message["event"] == event:
-                    got.append(message)
+                    got.append(fold_counts(message))
                     break
                 if message is None and self.popens[wid].poll() is not None and reader.closed.is_set():
                     tail = [line for line in self.errlogs[wid].tail if line.strip()]
@@ -175,9 +215,12 @@ class LoadWorkers:
             worker_cpu_s=worker_cpu,
             live_connections=sum(m["live_connections"] for m in messages),
             histograms=[m["histogram"] for m in messages],
-            uncorrected=[m["uncorrected"] for m in messages if m["uncorrected"]],
+            uncorrected=[m["uncorrected"] for m in messages if m.get("uncorrected")],
             connect_histograms=[m["connect_histogram"] for m in messages],
         )
+
+    def pids(self) -> list[int]:
+        return [popen.pid for popen in self.popens]
 
     def stop(self) -> None:
         for popen in self.popens:
@@ -188,3 +231,30 @@ class LoadWorkers:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class PythonWorkers(LoadWorkers):
+    """`--engine python`: `python -m loadgen` workers, the portable engine and a cross-check."""
+
+    engine = "python"
+
+    def argv(self, options: list[str]) -> list[str]:
+        return [sys.executable, "-m", "loadgen", *options]
+
+
+class CWorkers(LoadWorkers):
+    """`--engine c`: the compiled worker (loadgen/native/worker.c), built on first use."""
+
+    engine = "c"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        from loadgen.c_worker import worker_binary
+
+        binary, reason = worker_binary()
+        if binary is None:
+            raise PointFailed(f"the C load engine cannot be built: {reason}")
+        self.binary = binary
+        super().__init__(*args, **kwargs)
+
+    def argv(self, options: list[str]) -> list[str]:
+        return [str(self.binary), *options]

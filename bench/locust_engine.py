@@ -55,6 +55,8 @@ from loadgen.histogram import encode, new_histogram
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 LOCUSTFILE = PROJECT_ROOT / "loadgen" / "locust_bench_user.py"
 LOOPBACK = "127.0.0.1"
+# Seconds the connect phase waits for remote workers to be started by hand and join.
+REMOTE_JOIN_S = 300
 # Remote workers must be told the port before the master exists: Locust's own default.
 REMOTE_MASTER_PORT = 5557
 ALL_INTERFACES = "0.0.0.0"
@@ -121,6 +123,10 @@ class _Process:
 
 
 class LocustWorkers:
+    engine = "locust"
+    # Locust's worker count is the user's choice (--locust-workers), not adjusted per point.
+    can_add_workers = False
+
     def __init__(
         self,
         host: str,
@@ -154,6 +160,13 @@ class LocustWorkers:
         self._events_stream: IO[str] | None = None
         self.status: dict[str, Any] = {}
         self._stopped = False
+        # A person has to start the remote workers; give them time.
+        self.extra_connect_timeout_s = REMOTE_JOIN_S if self.remote else 0.0
+
+    @classmethod
+    def plan_workers(cls, plan: LoadPlan, client_cpus: int, requested: int = 0) -> int:
+        """--locust-workers when given, else one local worker per client CPU."""
+        return requested or client_cpus
 
     # -- start -----------------------------------------------------------------------------------
 

@@ -14,10 +14,10 @@ from typing import Any
 from bench.child import format_cpus
 from bench.columns import STATUS_FAILED, STATUS_OK, STATUS_SKIPPED
 from bench.cpus import Pinning
+from bench.engines import LoadEngine, engine_class, make_engine
 from bench.errors import PointFailed
 from bench.interference import HostSnapshot, Interference, compare, snapshot, wait_for_quiet
-from bench.load_workers import LoadPlan, LoadResult, LoadWorkers, worker_count
-from bench.locust_engine import LocustWorkers
+from bench.load_workers import LoadPlan, LoadResult
 from bench.preflight import preflight
 from bench.results_store import now_iso
 from bench.sampler import TreeSample, TreeSampler, WindowUsage, sample_tree
@@ -30,7 +30,6 @@ SAMPLE_INTERVAL_S = 1.0
 # A worker busy this share of a CPU or more through the window was the limit, not the server.
 CLIENT_BOUND_SHARE = 0.9
 MIN_CONNECTIONS_FOR_MEMORY = 50
-REMOTE_JOIN_S = 300
 
 
 @dataclass(frozen=True)
@@ -46,7 +45,8 @@ class PointSpec:
     fork_cap: int = 1000
     # "host:port" of a server started elsewhere (bench run --target); empty: start our own.
     target: str = ""
-    engine: str = "builtin"
+    # The load engine (bench.engines): c, python or locust.
+    engine: str = "c"
     # Locust engine: local worker processes (0: one per client CPU), web UI, remote workers.
     locust_workers: int = 0
     locust_ui: bool = False
@@ -100,15 +100,14 @@ def unmeasured_row(run_id: str, spec: PointSpec, status: str, reason: str) -> di
 def run_point(run_id: str, spec: PointSpec, timing: Timing, pinning: Pinning) -> tuple[dict, dict[str, str]]:
     """Measure one point; when the load generator was the limit and more client CPUs are
     free than it used, measure it again with more workers."""
-    workers = worker_count(spec.load_plan, len(pinning.client))
-    if spec.engine == "locust":
-        workers = spec.locust_workers or len(pinning.client)
+    engine = engine_class(spec.engine)
+    workers = engine.plan_workers(spec.load_plan, len(pinning.client), spec.locust_workers)
     blocker = preflight(spec, workers)
     if blocker:
         return unmeasured_row(run_id, spec, STATUS_SKIPPED, blocker), {}
     row, hists = _measure(run_id, spec, timing, pinning, workers)
     more = min(len(pinning.client), spec.connections)
-    if row.get("client_bound") and workers < more and spec.engine == "builtin":
+    if row.get("client_bound") and workers < more and engine.can_add_workers:
         row, hists = _measure(run_id, spec, timing, pinning, more)
     return row, hists
 
@@ -131,28 +130,21 @@ def _measure(
         server = ExternalServer(host, int(port))
     else:
         server = ServerUnderTest(spec.model, pinning.server, extra=extra)
-    load: LoadWorkers | LocustWorkers | None = None
+    load: LoadEngine | None = None
     try:
         server.start(timing.ready_timeout_s)
         # Memory before any connection, so that memory per connection is a difference.
         baseline = sample_tree(server.pid, with_uss=True) if server.pid else None
+        load = make_engine(
+            spec.engine, server.host, server.port, spec.load_plan, pinning.client, workers,
+            locust_ui=spec.locust_ui, locust_remote_workers=spec.locust_remote_workers,
+        )  # fmt: skip
+        row["client_workers"] = load.workers
+        load.start()
+        for note in load.notes:
+            print(note, flush=True)
         # Generous: thousands of connects against a slow accept loop take seconds.
-        connect_timeout = 30 + (spec.connections + spec.idle) / 200
-        if spec.engine == "locust":
-            load = LocustWorkers(
-                server.host, server.port, spec.load_plan, pinning.client, workers,
-                ui=spec.locust_ui, expect_remote_workers=spec.locust_remote_workers,
-            )  # fmt: skip
-            row["client_workers"] = load.workers
-            load.start()
-            for note in load.notes:
-                print(note, flush=True)
-            if spec.locust_remote_workers:
-                # A person has to start the remote workers; give them time.
-                connect_timeout += REMOTE_JOIN_S
-        else:
-            load = LoadWorkers(server.host, server.port, spec.load_plan, pinning.client, workers)
-            load.start()
+        connect_timeout = 30 + (spec.connections + spec.idle) / 200 + load.extra_connect_timeout_s
         connect = load.wait_connected(timeout=connect_timeout)
         row.update(connected=connect.connected, connect_s=connect.seconds)
         row["connect_errors"] = sum(connect.errors.values())

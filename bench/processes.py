@@ -12,10 +12,16 @@ import psutil
 
 
 def spawn_python(module: str, args: list[str]) -> subprocess.Popen:
-    """`python -m module args` in its own session, so a terminal's Ctrl-C reaches only bench,
-    which then stops its children in order; its stdin/stdout are the control pipes."""
+    """`python -m module args`, started as `spawn` starts a child."""
+    return spawn([sys.executable, "-m", module, *args])
+
+
+def spawn(argv: list[str]) -> subprocess.Popen:
+    """A child of the harness (argv + --die-with-parent) in its own session, so a terminal's
+    Ctrl-C reaches only bench, which then stops its children in order; its stdin/stdout are
+    the control pipes (text)."""
     return subprocess.Popen(
-        [sys.executable, "-m", module, *args, "--die-with-parent"],
+        [*argv, "--die-with-parent"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -190,6 +190,7 @@ def render_report(run_path: Path) -> Path:
             (_fmt(row[c]), "text" + (" wide" if c == "reason" else "") if c in TEXT_COLUMNS else "") for c in columns
         ]
         rows.append({"status": row.get("status", ""), "cells": cells})
+    from bench.engines import describe as describe_engine
     from bench.host import flatten_host, show_value
 
     env = Environment(loader=PackageLoader("bench", "templates"), autoescape=select_autoescape(["html", "j2"]))
@@ -204,6 +205,7 @@ def render_report(run_path: Path) -> Path:
         host=[(key, show_value(value)) for key, value in flatten_host(meta.get("host", {}))],
         profile=profile,
         profile_origin=profile_origin,
+        engine=describe_engine(meta.get("config", {}).get("engine", "builtin")),
     )
     write_text_atomic(run_dir.report_file, html)
     write_index(run_dir.path.parent)

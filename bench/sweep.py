@@ -37,7 +37,9 @@ class RunConfig:
     slo_p99_us: float | None = None
     quiet_wait_s: float = 0.0
     target: str = ""
-    engine: str = "builtin"
+    engine: str = "c"
+    # Why the run uses another engine than the one it would have by default (bench.engines).
+    engine_warnings: list[str] = field(default_factory=list)
     locust_workers: int = 0
     locust_ui: bool = False
     locust_remote_workers: int = 0
@@ -81,8 +83,8 @@ def plan(config: RunConfig) -> list[PointSpec]:
     return specs
 
 
-def _summary(run_dir: RunDirectory) -> dict:
-    return {"warnings": finalize_run_statistics(run_dir)}
+def _summary(run_dir: RunDirectory, config: RunConfig) -> dict:
+    return {"warnings": [*config.engine_warnings, *finalize_run_statistics(run_dir)]}
 
 
 def run_sweep(config: RunConfig, on_point: Callable[[dict, Path], None] | None = None) -> RunDirectory:
@@ -100,7 +102,7 @@ def run_sweep(config: RunConfig, on_point: Callable[[dict, Path], None] | None =
     # The harness itself runs beside the load workers, off the server's CPUs (after the host
     # description, which records the CPUs this process may use).
     os.sched_setaffinity(0, set(config.pinning.client))
-    with recording_status(run_dir, meta, on_finish=lambda m: m.update(summary=_summary(run_dir))):
+    with recording_status(run_dir, meta, on_finish=lambda m: m.update(summary=_summary(run_dir, config))):
         for spec in specs:
             timing = Timing(config.duration_s, config.warmup_s, config.ready_timeout_s, config.quiet_wait_s)
             if spec.model in config.unavailable:

@@ -44,9 +44,10 @@ import psutil
 
 from bench.columns import STATUS_FAILED, STATUS_OK, STATUS_SKIPPED
 from bench.cpus import Pinning, default_pinning, parse_pinning
+from bench.engines import LoadEngine, choose_engine, make_engine
 from bench.errors import PointFailed, UsageError
 from bench.host import describe_host
-from bench.load_workers import LoadPlan, LoadWorkers, worker_count
+from bench.load_workers import LoadPlan, worker_count
 from bench.model_selection import select_models
 from bench.pipes import deadline_in, remaining
 from bench.processes import process_tree
@@ -179,6 +180,8 @@ class ProfileConfig:
     pinning: Pinning
     ready_timeout_s: float = 15.0
     unavailable: dict[str, str] = field(default_factory=dict)
+    # c or python: the workers are frozen with SIGSTOP at the trace's end, which Locust's are not.
+    engine: str = "c"
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -332,11 +335,11 @@ def profile_model(model: str, config: ProfileConfig, strace: str, out_dir: Path)
         return profile
     server = ServerUnderTest(model, config.pinning.server)
     tracer = StraceAttachment(strace, out_dir / f"{model}.txt", config.pinning.server)
-    load: LoadWorkers | None = None
+    load: LoadEngine | None = None
     paused: list[int] = []
     try:
         server.start(config.ready_timeout_s)
-        load = LoadWorkers(server.host, server.port, plan, config.pinning.client, workers)
+        load = make_engine(config.engine, server.host, server.port, plan, config.pinning.client, workers)
         load.start()
         connect = load.wait_connected(timeout=30 + config.connections / 200)
         if connect.connected < config.connections:
@@ -357,7 +360,7 @@ def profile_model(model: str, config: ProfileConfig, strace: str, out_dir: Path)
         # detach. Requests the server served but the frozen workers have not counted yet are
         # the echoes waiting in the clients' receive queues: added to the count below.
         paused_at = time.monotonic()
-        paused = _signal_all([p.pid for p in load.popens], signal.SIGSTOP)
+        paused = _signal_all(load.pids(), signal.SIGSTOP)
         served_uncounted, settled = _drain(server.port, DRAIN_TIMEOUT_S)
         detach_from = time.monotonic()
         summary = tracer.detach()
@@ -641,6 +644,9 @@ def add_profile_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     parser.add_argument("--ready-timeout", type=float, default=15.0, help="seconds a server may take to listen")
     parser.add_argument("--server-cpus", default="", help="CPUs for the server and strace (default: first half)")
     parser.add_argument("--client-cpus", default="", help="CPUs for the load workers (default: the rest)")
+    parser.add_argument(
+        "--engine", choices=["c", "python"], default=None, help="load engine (default: c where it can be built)"
+    )
     parser.set_defaults(func=cmd_profile)
     return parser
 
@@ -661,6 +667,9 @@ def _config(args: argparse.Namespace) -> ProfileConfig:
         pinning = parse_pinning(args.server_cpus, args.client_cpus) if args.server_cpus else default_pinning()
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    engine, warnings = choose_engine(args.engine)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     return ProfileConfig(
         models=models,
         connections=args.connections,
@@ -670,6 +679,7 @@ def _config(args: argparse.Namespace) -> ProfileConfig:
         pinning=pinning,
         ready_timeout_s=args.ready_timeout,
         unavailable=unavailable,
+        engine=engine,
     )
 
 

@@ -11,6 +11,7 @@ This package sits below bench, servers and loadgen and imports none of them.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import platform
@@ -95,6 +96,15 @@ def build(
     finally:
         tmp.unlink(missing_ok=True)
     return target
+
+
+@functools.cache
+def build_once(name: str, source_path: Path) -> tuple[Path | None, str | None]:
+    """(binary, None) once `build` succeeded in this process, or (None, its one-line reason)."""
+    try:
+        return build(name, source_path), None
+    except BuildError as exc:
+        return None, str(exc)
 
 
 def _first_error(proc: subprocess.CompletedProcess[bytes]) -> str:

@@ -27,6 +27,22 @@ def record_counts(hist: HdrHistogram, counts: dict[int, int]) -> None:
         hist.record_value(min(max(micros, LOWEST_US), HIGHEST_US), count)
 
 
+def encode_counts(pairs: list[list[int]]) -> str:
+    """An encoded histogram from [[microseconds, count], ...] (the compiled worker's bucket
+    counts, each at its bucket's lowest value, so nothing moves between buckets)."""
+    hist = new_histogram()
+    record_counts(hist, {int(us): int(count) for us, count in pairs})
+    return encode(hist)
+
+
+def fold_counts(message: dict) -> dict:
+    """A worker message with every `X_counts` list replaced by the encoded histogram `X`."""
+    for key in [k for k in message if k.endswith("_counts")]:
+        pairs = message.pop(key)
+        message[key.removesuffix("_counts")] = encode_counts(pairs) if pairs is not None else ""
+    return message
+
+
 def encode(hist: HdrHistogram) -> str:
     return hist.encode().decode("ascii")
 

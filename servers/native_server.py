@@ -10,31 +10,20 @@ place, so no process ever runs a half-written one).
 
 from __future__ import annotations
 
-import functools
 import os
 import socket
 import sys
 from pathlib import Path
 
 import cbuild
-from cbuild import BuildError
 from servers.base import EchoServer, ServerFailure, emit
 
 SOURCE = Path(__file__).with_name("native") / "echo.c"
 BINARY_NAME = "native-echo"
 
 
-def build(source_path: Path = SOURCE, compiler: str | None = None, cache: Path | None = None) -> Path:
-    """The native server's binary, built on first use (cbuild.build); BuildError if impossible."""
-    return cbuild.build(BINARY_NAME, source_path, compiler, cache)
-
-
-@functools.cache
 def _build_once() -> tuple[Path | None, str | None]:
-    try:
-        return build(), None
-    except BuildError as exc:
-        return None, str(exc)
+    return cbuild.build_once(BINARY_NAME, SOURCE)
 
 
 class NativeServer(EchoServer):

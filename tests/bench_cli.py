@@ -11,8 +11,8 @@ from pathlib import Path
 TESTS_DIR = Path(__file__).resolve().parent
 
 
-def bench_env(extra_models: str = "") -> dict[str, str]:
-    env = dict(os.environ)
+def bench_env(extra_models: str = "", **overrides: str) -> dict[str, str]:
+    env = {**os.environ, **overrides}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS_DIR), env.get("PYTHONPATH", "")]))
     if extra_models:
         env["BENCH_EXTRA_MODELS"] = extra_models
@@ -23,9 +23,16 @@ def bench_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "bench.cli", *args]
 
 
-def run_bench(*args: str, timeout: float = 120, extra_models: str = "") -> subprocess.CompletedProcess:
+def run_bench(
+    *args: str, timeout: float = 120, extra_models: str = "", env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """`bench ARGS` in a subprocess; `env` adds to (or overrides) this process's environment."""
     return subprocess.run(
-        bench_command(*args), capture_output=True, text=True, timeout=timeout, env=bench_env(extra_models)
+        bench_command(*args),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=bench_env(extra_models, **(env or {})),
     )
 
 

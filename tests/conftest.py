@@ -23,6 +23,20 @@ def _require_available(name: str) -> str:
     return name
 
 
+# The built-in load engines: every test that exercises the engine runs on both.
+BUILTIN_ENGINES = ("c", "python")
+
+
+@pytest.fixture(params=BUILTIN_ENGINES)
+def engine(request: pytest.FixtureRequest) -> str:
+    """Each built-in load engine by name; one that cannot run here is skipped with its reason."""
+    from bench.engines import unavailable_reason
+
+    if (reason := unavailable_reason(request.param)) is not None:
+        pytest.skip(f"engine {request.param} unavailable: {reason}")
+    return request.param
+
+
 @pytest.fixture(params=ALL_MODELS)
 def model(request: pytest.FixtureRequest) -> str:
     """Each model by name; an unavailable one is skipped with its reason."""

@@ -51,8 +51,64 @@ class UnavailableServer(EchoServer):
         raise AssertionError("unreachable")
 
 
+class _PerConnectionThreads(EchoServer):
+    """A thread per connection running `handle`; for servers that misbehave on purpose."""
+
+    category = "test"
+
+    def serve(self, listener: socket.socket) -> None:
+        while True:
+            conn, _ = listener.accept()
+            threading.Thread(target=self._guarded, args=(conn,), daemon=True).start()
+
+    def _guarded(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                self.handle(conn)
+            except OSError:
+                pass
+
+    def handle(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+
+class CorruptEchoServer(_PerConnectionThreads):
+    """Echoes, but flips one bit of every third chunk it sends back."""
+
+    name = "corrupt"
+    mechanism = "a thread per connection; every third echo has its first byte's low bit flipped"
+
+    def handle(self, conn: socket.socket) -> None:
+        chunks = 0
+        while data := conn.recv(65536):
+            chunks += 1
+            if chunks % 3 == 0:
+                data = bytes([data[0] ^ 1]) + data[1:]
+            conn.sendall(data)
+
+
+class IdleTimeoutServer(_PerConnectionThreads):
+    """Echoes, and closes a connection that stays silent for 0.3 s (as idle timeouts do)."""
+
+    name = "idle-timeout"
+    mechanism = "a thread per connection, closed after 0.3 s without data"
+
+    def handle(self, conn: socket.socket) -> None:
+        conn.settimeout(0.3)
+        while True:
+            try:
+                data = conn.recv(65536)
+            except TimeoutError:
+                return
+            if not data:
+                return
+            conn.sendall(data)
+
+
 EXTRA_MODELS = ",".join(
     [
+        "corrupt=faulty_models:CorruptEchoServer",
+        "idle-timeout=faulty_models:IdleTimeoutServer",
         "crash=faulty_models:CrashOnAcceptServer",
         "never-ready=faulty_models:NeverReadyServer",
         "unavailable=faulty_models:UnavailableServer",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import signal
 import subprocess
@@ -16,6 +17,7 @@ from bench_cli import bench_command, bench_env, only_run_dir, read_points, run_b
 from faulty_models import EXTRA_MODELS
 
 from bench.columns import POINT_COLUMNS
+from loadgen import c_worker
 
 # The columns issue 2 names, in its order; later columns may follow, none may be renamed.
 ISSUE_COLUMNS = [
@@ -130,6 +132,9 @@ def _roles(procs: list[psutil.Process]) -> set[str]:
         for role in ("servers", "loadgen"):
             if role in cmd:
                 roles.add(role)
+        # The C engine's worker is its own binary, loadgen-worker-<hash> in the build cache.
+        if cmd and os.path.basename(cmd[0]).startswith(c_worker.BINARY_NAME):
+            roles.add("loadgen")
     return roles
 
 

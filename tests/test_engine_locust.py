@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from bench_cli import only_run_dir, read_points, run_bench
 
@@ -16,7 +18,7 @@ def test_locust_engine_rows_match_the_builtin_schema(tmp_path):
     (lrow,) = read_points(only_run_dir(tmp_path / "l"))
     (brow,) = read_points(only_run_dir(tmp_path / "b"))
     assert list(lrow) == list(brow)
-    assert lrow["engine"] == "locust" and brow["engine"] == "builtin"
+    assert lrow["engine"] == "locust" and brow["engine"] == "c"
     assert lrow["status"] == "ok", lrow
     assert lrow["client_workers"] == "2"
     assert int(lrow["requests"]) > 0 and int(lrow["errors"]) == 0 and float(lrow["rps"]) > 0
@@ -38,3 +40,35 @@ def test_locust_engine_rows_match_the_builtin_schema(tmp_path):
 def test_locust_engine_options_are_checked(tmp_path, args, message):
     proc = run_bench("run", "--out", str(tmp_path), *args)
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.timeout(120)
+def test_the_run_records_its_engine_and_c_is_the_default(tmp_path):
+    proc = run_bench("run", "--models", "epoll", "--connections", "5", "--duration", "0.3", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    run_dir = only_run_dir(tmp_path)
+    (row,) = read_points(run_dir)
+    assert row["engine"] == "c" and row["status"] == "ok"
+    assert json.loads((run_dir / "run.json").read_text())["config"]["engine"] == "c"
+    assert "load engine <b>c</b>" in (run_dir / "report.html").read_text()
+
+
+@pytest.mark.timeout(120)
+def test_a_broken_compiler_falls_back_to_python_with_a_warning(tmp_path):
+    # A fresh cache, and a "compiler" that always fails: the C engine cannot be built.
+    env = {"CC": "/bin/false", "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    common = ["run", "--models", "epoll", "--connections", "5", "--duration", "0.3"]
+    proc = run_bench(*common, "--out", str(tmp_path / "runs"), env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "warning: load engine: python, because the C engine cannot be built here (false failed" in proc.stderr
+    run_dir = only_run_dir(tmp_path / "runs")
+    (row,) = read_points(run_dir)
+    assert row["engine"] == "python" and row["status"] == "ok"
+    warnings = json.loads((run_dir / "run.json").read_text())["summary"]["warnings"]
+    assert any("C engine cannot be built" in w for w in warnings)
+    asked = run_bench(*common, "--engine", "c", "--out", str(tmp_path / "runs"), env=env)
+    assert asked.returncode == 2 and "Traceback" not in asked.stderr
+    assert (
+        asked.stderr.strip().splitlines() == ["bench: --engine c cannot run here: false failed: exit status 1"]
+        or "--engine c cannot run here" in asked.stderr
+    )

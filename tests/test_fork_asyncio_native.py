@@ -397,7 +397,8 @@ def test_native_build_is_cached_keyed_and_atomic(tmp_path: Path) -> None:
     # Concurrent first uses: every one gets the same complete binary, no temp file is left.
     results: list[Path] = []
     threads = [
-        threading.Thread(target=lambda: results.append(native_server.build(source, cache=cache))) for _ in range(3)
+        threading.Thread(target=lambda: results.append(cbuild.build(native_server.BINARY_NAME, source, cache=cache)))
+        for _ in range(3)
     ]
     for thread in threads:
         thread.start()
@@ -408,23 +409,23 @@ def test_native_build_is_cached_keyed_and_atomic(tmp_path: Path) -> None:
     assert os.access(binary, os.X_OK)
     assert [p.name for p in cache.iterdir()] == [binary.name]
     mtime = binary.stat().st_mtime_ns
-    assert native_server.build(source, cache=cache) == binary
+    assert cbuild.build(native_server.BINARY_NAME, source, cache=cache) == binary
     assert binary.stat().st_mtime_ns == mtime, "an unchanged source must not recompile"
 
     source.write_bytes(source.read_bytes() + b"\n/* edited */\n")
-    assert native_server.build(source, cache=cache) != binary
+    assert cbuild.build(native_server.BINARY_NAME, source, cache=cache) != binary
 
     source.write_bytes(b"int main(void) { return undeclared; }\n")
-    with pytest.raises(native_server.BuildError, match="error"):
-        native_server.build(source, cache=cache)
+    with pytest.raises(cbuild.BuildError, match="error"):
+        cbuild.build(native_server.BINARY_NAME, source, cache=cache)
     assert not any(p.name.endswith(".tmp") for p in cache.iterdir())
 
 
 def test_native_without_compiler_is_unavailable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CC", raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))  # holds no compiler
-    with pytest.raises(native_server.BuildError, match="no C compiler"):
-        native_server.build(cache=tmp_path / "cache")
+    with pytest.raises(cbuild.BuildError, match="no C compiler"):
+        cbuild.build(native_server.BINARY_NAME, native_server.SOURCE, cache=tmp_path / "cache")
     # End to end: a fatal line with the reason, no traceback, a non-zero exit.
     server = Server("native", env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "xdg")})
     try:

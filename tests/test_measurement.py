@@ -35,10 +35,10 @@ def test_ranking_warns_only_where_intervals_overlap():
 
 
 @pytest.mark.timeout(150)
-def test_repeats_rotate_models_and_give_confidence_intervals(tmp_path):
+def test_repeats_rotate_models_and_give_confidence_intervals(tmp_path, engine):
     proc = run_bench(
-        "run", "--models", "epoll,poll", "--connections", "10", "--repeats", "3", "--duration", "0.4",
-        "--warmup", "0.1", "--out", str(tmp_path), timeout=140,
+        "run", "--engine", engine, "--models", "epoll,poll", "--connections", "10", "--repeats", "3",
+        "--duration", "0.4", "--warmup", "0.1", "--out", str(tmp_path), timeout=140,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     rows = read_points(only_run_dir(tmp_path))
@@ -59,7 +59,7 @@ def test_repeats_rotate_models_and_give_confidence_intervals(tmp_path):
 
 
 @pytest.mark.timeout(120)
-def test_cpu_hog_during_a_point_is_flagged(tmp_path):
+def test_cpu_hog_during_a_point_is_flagged(tmp_path, engine):
     # Two spinning processes that are not the harness's: one per CPU of this 2-core host.
     hogs = [
         subprocess.Popen([sys.executable, "-c", "import time\nt=time.monotonic()+60\nwhile time.monotonic()<t: pass"])
@@ -67,8 +67,8 @@ def test_cpu_hog_during_a_point_is_flagged(tmp_path):
     ]
     try:
         proc = run_bench(
-            "run", "--models", "epoll", "--connections", "10", "--duration", "1", "--warmup", "0.2",
-            "--out", str(tmp_path), timeout=100,
+            "run", "--engine", engine, "--models", "epoll", "--connections", "10", "--duration", "1",
+            "--warmup", "0.2", "--out", str(tmp_path), timeout=100,
         )  # fmt: skip
     finally:
         for hog in hogs:

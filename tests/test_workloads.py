@@ -18,8 +18,11 @@ def _run(tmp_path, *args: str, timeout: float = 120) -> list[dict[str, str]]:
 
 
 @pytest.mark.timeout(120)
-def test_open_loop_reaches_its_rate_and_keeps_both_latencies(tmp_path):
-    (row,) = _run(tmp_path, "--models", "epoll", "--connections", "20", "--workload", "open", "--rate", "2000")
+def test_open_loop_reaches_its_rate_and_keeps_both_latencies(tmp_path, engine):
+    (row,) = _run(
+        tmp_path, "--engine", engine, "--models", "epoll", "--connections", "20", "--workload", "open", "--rate", "2000"
+    )
+    assert row["engine"] == engine
     assert row["status"] == "ok", row
     assert row["workload"] == "open"
     assert float(row["target_rate"]) == 2000
@@ -30,8 +33,8 @@ def test_open_loop_reaches_its_rate_and_keeps_both_latencies(tmp_path):
 
 
 @pytest.mark.timeout(120)
-def test_idle_connections_are_held_beside_the_active_ones(tmp_path):
-    rows = _run(tmp_path, "--models", "poll", "--connections", "10", "--idle", "0,300")
+def test_idle_connections_are_held_beside_the_active_ones(tmp_path, engine):
+    rows = _run(tmp_path, "--engine", engine, "--models", "poll", "--connections", "10", "--idle", "0,300")
     by_idle = {int(r["idle"]): r for r in rows}
     assert set(by_idle) == {0, 300}
     assert by_idle[0]["workload"] == "closed" and by_idle[300]["workload"] == "idle"
@@ -43,8 +46,8 @@ def test_idle_connections_are_held_beside_the_active_ones(tmp_path):
 
 
 @pytest.mark.timeout(120)
-def test_churn_reports_connections_per_second(tmp_path):
-    rows = _run(tmp_path, "--models", "epoll,threads", "--connections", "8", "--workload", "churn")
+def test_churn_reports_connections_per_second(tmp_path, engine):
+    rows = _run(tmp_path, "--engine", engine, "--models", "epoll,threads", "--connections", "8", "--workload", "churn")
     for row in rows:
         assert row["status"] == "ok", row
         assert row["workload"] == "churn"
@@ -72,8 +75,10 @@ def test_find_max_writes_probes_and_the_rate_found(tmp_path):
 
 
 @pytest.mark.timeout(120)
-def test_server_workers_share_the_port(tmp_path):
-    rows = _run(tmp_path, "--models", "epoll,threads", "--connections", "100", "--server-workers", "2")
+def test_server_workers_share_the_port(tmp_path, engine):
+    rows = _run(
+        tmp_path, "--engine", engine, "--models", "epoll,threads", "--connections", "100", "--server-workers", "2"
+    )
     by_model = {r["model"]: r for r in rows}
     assert by_model["epoll"]["status"] == "ok", by_model["epoll"]
     assert int(by_model["epoll"]["server_processes"]) == 2

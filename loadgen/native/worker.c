@@ -1,0 +1,1130 @@
+/*
+ * The compiled load worker: the same worker as `python -m loadgen`, without the interpreter.
+ *
+ * It speaks the manager protocol of loadgen/control.py on stdin/stdout (JSON lines):
+ *   -> {"event":"connected", ...}  once its connections are open (or have failed, by kind)
+ *   <- {"event":"schedule","start_at":S,"window_start":A,"window_end":B}  (CLOCK_MONOTONIC s)
+ *   -> {"event":"result", ...}     after the window
+ * Latencies travel as sparse [[microseconds, count], ...] lists whose buckets are exactly those
+ * of an HdrHistogram with lowest value 1 us and 3 significant digits (sub-bucket count 2048:
+ * HdrHistogram_c, src/hdr_histogram.c, counts_index_for): the manager folds them into the
+ * same HdrHistograms as the Python worker's, losing nothing.
+ *
+ * Workloads (loadgen/request_loop.py and loadgen/churn.py hold the reference semantics):
+ *   closed  each active connection sends a payload, waits for the whole echo, verifies it
+ *           byte for byte (connection id + sequence number in every 16 bytes), repeats;
+ *   open    each active connection sends on a fixed schedule (rate / connections per s);
+ *           latency counts from the intended send time (coordinated omission corrected, as
+ *           wrk2 does); the service time from the actual send is kept beside it; a timerfd
+ *           wakes the loop at each send time to the microsecond;
+ *   idle    silent connections held open beside the active ones, watched for closes;
+ *   churn   N slots each connect, send one request, verify the echo, close, again.
+ *
+ * Plain C99 + Linux headers; every system call's result is checked. Built on first use by
+ * loadgen/c_worker.py through cbuild (cc -O2 -Wall -Wextra).
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <getopt.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/timerfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef IP_BIND_ADDRESS_NO_PORT
+#define IP_BIND_ADDRESS_NO_PORT 24 /* include/uapi/linux/in.h, Linux 4.2 */
+#endif
+
+/* Same constants as the Python worker (loadgen/request_loop.py, connect.py, churn.py). */
+#define RECV_SIZE 65536
+#define CONNECT_IN_FLIGHT 256
+#define CHURN_ADDRESSES 32
+#define MAX_EVENTS 1024
+#define TIMEOUT_SCAN_NS 250000000LL
+#define NS 1000000000LL
+#define HIST_MAX_US 60000000LL
+#define PATTERN_MAX 65536
+
+enum kind { CONNECT_REFUSED, CONNECT_TIMEOUT, CONNECT_OTHER, RESET, SHORT_READ, MISMATCH, TIMEOUT, NKINDS };
+static const char *const kind_name[NKINDS] = {"connect_refused", "connect_timeout", "connect_error", "reset",
+                                              "short_read",      "mismatch",        "timeout"};
+static uint64_t errs[NKINDS];
+
+/* ---- options ---------------------------------------------------------------------------- */
+
+enum workload { CLOSED, OPEN, IDLE, CHURN };
+static struct {
+    const char *host;
+    int port;
+    long connections, idle, payload, worker_id, first_index, spread;
+    enum workload workload;
+    double rate, connect_timeout_s, request_timeout_s;
+    const char *cpus;
+    int die_with_parent;
+} opt = {.host = "127.0.0.1", .port = -1, .connections = -1, .payload = 64, .spread = 1,
+         .connect_timeout_s = 5.0, .request_timeout_s = 2.0, .cpus = ""};
+
+static void usage_error(const char *what)
+{
+    fprintf(stderr, "loadgen-worker: %s\n", what);
+    exit(2);
+}
+
+static void fail_errno(const char *what)
+{
+    fprintf(stderr, "loadgen-worker: %s: %s\n", what, strerror(errno));
+    exit(3);
+}
+
+static long parse_long(const char *text, const char *name, long min)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(text, &end, 10);
+    if (errno || end == text || *end || v < min) {
+        fprintf(stderr, "loadgen-worker: %s takes an integer >= %ld, not '%s'\n", name, min, text);
+        exit(2);
+    }
+    return v;
+}
+
+static double parse_double(const char *text, const char *name)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(text, &end);
+    if (errno || end == text || *end || !(v >= 0)) {
+        fprintf(stderr, "loadgen-worker: %s takes a number >= 0, not '%s'\n", name, text);
+        exit(2);
+    }
+    return v;
+}
+
+static void parse_options(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"host", required_argument, 0, 'h'},          {"port", required_argument, 0, 'p'},
+        {"connections", required_argument, 0, 'c'},   {"workload", required_argument, 0, 'w'},
+        {"payload", required_argument, 0, 'l'},       {"rate", required_argument, 0, 'r'},
+        {"idle", required_argument, 0, 'i'},          {"worker-id", required_argument, 0, 'W'},
+        {"first-index", required_argument, 0, 'f'},   {"spread", required_argument, 0, 's'},
+        {"connect-timeout", required_argument, 0, 'T'}, {"request-timeout", required_argument, 0, 'R'},
+        {"cpus", required_argument, 0, 'C'},          {"die-with-parent", no_argument, 0, 'D'},
+        {0, 0, 0, 0}};
+    int ch;
+    while ((ch = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+        switch (ch) {
+        case 'h': opt.host = optarg; break;
+        case 'p': opt.port = (int)parse_long(optarg, "--port", 1); break;
+        case 'c': opt.connections = parse_long(optarg, "--connections", 1); break;
+        case 'l': opt.payload = parse_long(optarg, "--payload", 1); break;
+        case 'r': opt.rate = parse_double(optarg, "--rate"); break;
+        case 'i': opt.idle = parse_long(optarg, "--idle", 0); break;
+        case 'W': opt.worker_id = parse_long(optarg, "--worker-id", 0); break;
+        case 'f': opt.first_index = parse_long(optarg, "--first-index", 0); break;
+        case 's': opt.spread = parse_long(optarg, "--spread", 1); break;
+        case 'T': opt.connect_timeout_s = parse_double(optarg, "--connect-timeout"); break;
+        case 'R': opt.request_timeout_s = parse_double(optarg, "--request-timeout"); break;
+        case 'C': opt.cpus = optarg; break;
+        case 'D': opt.die_with_parent = 1; break;
+        case 'w':
+            if (!strcmp(optarg, "closed")) opt.workload = CLOSED;
+            else if (!strcmp(optarg, "open")) opt.workload = OPEN;
+            else if (!strcmp(optarg, "idle")) opt.workload = IDLE;
+            else if (!strcmp(optarg, "churn")) opt.workload = CHURN;
+            else usage_error("--workload is closed, open, idle or churn");
+            break;
+        default: usage_error("unknown option (see loadgen/native/worker.c)");
+        }
+    }
+    if (optind < argc)
+        usage_error("unexpected argument");
+    if (opt.port > 65535 || opt.port < 1)
+        usage_error("--port 1..65535 is required");
+    if (opt.connections < 1)
+        usage_error("--connections N >= 1 is required");
+    if (opt.payload > 0x7fffffffL)
+        usage_error("--payload is at most 2 GiB");
+    if (opt.workload == OPEN && !(opt.rate > 0))
+        usage_error("--workload open needs --rate > 0");
+}
+
+/* ---- child set-up: die with the harness, pin ------------------------------------------- */
+
+static void die_with_parent(void)
+{
+    pid_t parent = getppid();
+    if (prctl(PR_SET_PDEATHSIG, SIGTERM, 0, 0, 0) < 0)
+        fail_errno("prctl(PR_SET_PDEATHSIG)");
+    /* The parent may have died before prctl took effect: we were re-parented already. */
+    if (getppid() != parent)
+        exit(3);
+}
+
+static void pin(const char *spec)
+{
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    int any = 0;
+    const char *p = spec;
+    while (*p) {
+        char *end;
+        long lo = strtol(p, &end, 10), hi = lo;
+        if (end == p || lo < 0 || lo >= CPU_SETSIZE)
+            usage_error("--cpus takes a list such as 1 or 0,2-3");
+        if (*end == '-') {
+            p = end + 1;
+            hi = strtol(p, &end, 10);
+            if (end == p || hi < lo || hi >= CPU_SETSIZE)
+                usage_error("--cpus takes a list such as 1 or 0,2-3");
+        }
+        for (long c = lo; c <= hi; c++)
+            CPU_SET((int)c, &set);
+        any = 1;
+        p = end;
+        if (*p == ',')
+            p++;
+        else if (*p)
+            usage_error("--cpus takes a list such as 1 or 0,2-3");
+    }
+    if (any && sched_setaffinity(0, sizeof set, &set) < 0)
+        fail_errno("sched_setaffinity");
+}
+
+/* ---- clock, histograms ------------------------------------------------------------------ */
+
+static int64_t now_ns(void)
+{
+    struct timespec ts;
+    /* CLOCK_MONOTONIC is system-wide: Python's time.monotonic() in the manager reads it too. */
+    if (clock_gettime(CLOCK_MONOTONIC, &ts) < 0)
+        fail_errno("clock_gettime");
+    return (int64_t)ts.tv_sec * NS + ts.tv_nsec;
+}
+
+/* HdrHistogram's layout for lowest 1, 3 significant digits: values below 2048 exactly, then
+ * each power of two split into 1024 sub-buckets. Up to 60 s (2^26 us): 2048 + 15 * 1024. */
+#define HIST_SLOTS (2048 + 15 * 1024)
+struct hist {
+    uint64_t count[HIST_SLOTS];
+};
+
+static int hist_index(int64_t us)
+{
+    if (us < 1)
+        us = 1;
+    if (us > HIST_MAX_US)
+        us = HIST_MAX_US;
+    if (us < 2048)
+        return (int)us;
+    int msb = 63 - __builtin_clzll((unsigned long long)us);
+    int shift = msb - 10; /* >= 1 */
+    return 2048 + (shift - 1) * 1024 + (int)((us >> shift) - 1024);
+}
+
+static int64_t hist_value(int index)
+{
+    if (index < 2048)
+        return index;
+    int shift = (index - 2048) / 1024 + 1;
+    return (int64_t)((index - 2048) % 1024 + 1024) << shift;
+}
+
+static struct hist *hist_new(void)
+{
+    struct hist *h = calloc(1, sizeof *h);
+    if (!h)
+        fail_errno("calloc");
+    return h;
+}
+
+static void hist_record_ns(struct hist *h, int64_t ns)
+{
+    h->count[hist_index(ns / 1000)]++;
+}
+
+/* ---- output ----------------------------------------------------------------------------- */
+
+static void put_hist(const char *key, const struct hist *h)
+{
+    printf(",\"%s\":[", key);
+    int first = 1;
+    for (int i = 0; h && i < HIST_SLOTS; i++) {
+        if (!h->count[i])
+            continue;
+        printf("%s[%lld,%llu]", first ? "" : ",", (long long)hist_value(i), (unsigned long long)h->count[i]);
+        first = 0;
+    }
+    printf("]");
+}
+
+static void put_errors(void)
+{
+    printf(",\"errors\":{");
+    int first = 1;
+    for (int k = 0; k < NKINDS; k++) {
+        if (!errs[k])
+            continue;
+        printf("%s\"%s\":%llu", first ? "" : ",", kind_name[k], (unsigned long long)errs[k]);
+        first = 0;
+    }
+    printf("}");
+}
+
+static void put_string(const char *s)
+{
+    putchar('"');
+    for (; *s; s++) {
+        if (*s == '"' || *s == '\\')
+            printf("\\%c", *s);
+        else if ((unsigned char)*s < 0x20)
+            printf("\\u%04x", *s);
+        else
+            putchar(*s);
+    }
+    putchar('"');
+}
+
+static void flush_line(void)
+{
+    printf("}\n");
+    /* The manager gone means nobody wants the result: end quietly. */
+    if (fflush(stdout) != 0)
+        exit(3);
+}
+
+/* Distinct notes (why connections failed), as the Python worker keeps them. */
+#define MAX_NOTES 8
+static char notes[MAX_NOTES][160];
+static int nnotes;
+
+static void note(const char *call, int err)
+{
+    char text[160];
+    snprintf(text, sizeof text, "%s: %s", call, strerror(err));
+    for (int i = 0; i < nnotes; i++)
+        if (!strcmp(notes[i], text))
+            return;
+    if (nnotes < MAX_NOTES)
+        memcpy(notes[nnotes++], text, sizeof text);
+}
+
+/* ---- payloads --------------------------------------------------------------------------- */
+
+/* loadgen.request_loop.make_payload: struct.pack("<IIQ", id, seq, 0x5EEDF00DCAFE0000 | seq & 0xFFFF)
+ * repeated, so a misrouted or stale echo is caught. One pattern buffer serves every
+ * connection; it is refilled when another (id, seq) needs it. */
+static unsigned char pattern[PATTERN_MAX + 16];
+static size_t pattern_len;
+static uint32_t pattern_id, pattern_seq;
+static int pattern_valid;
+
+static void put_le(unsigned char *p, uint64_t v, int bytes)
+{
+    for (int i = 0; i < bytes; i++)
+        p[i] = (unsigned char)(v >> (8 * i));
+}
+
+static const unsigned char *pattern_for(uint32_t id, uint32_t seq)
+{
+    if (pattern_valid && pattern_id == id && pattern_seq == seq)
+        return pattern;
+    unsigned char stamp[16];
+    put_le(stamp, id, 4);
+    put_le(stamp + 4, seq, 4);
+    put_le(stamp + 8, 0x5EEDF00DCAFE0000ULL | (seq & 0xFFFF), 8);
+    for (size_t i = 0; i < pattern_len; i += 16)
+        memcpy(pattern + i, stamp, 16);
+    pattern_id = id, pattern_seq = seq, pattern_valid = 1;
+    return pattern;
+}
+
+/* Bytes [off, off+n) of the payload: a pointer into the pattern, n at most PATTERN_MAX. */
+static const unsigned char *payload_at(uint32_t id, uint32_t seq, size_t off)
+{
+    return pattern_for(id, seq) + off % 16;
+}
+
+static int payload_matches(uint32_t id, uint32_t seq, size_t off, const unsigned char *data, size_t n)
+{
+    while (n) {
+        size_t chunk = n < PATTERN_MAX ? n : PATTERN_MAX;
+        if (memcmp(data, payload_at(id, seq, off), chunk))
+            return 0;
+        data += chunk, off += chunk, n -= chunk;
+    }
+    return 1;
+}
+
+/* ---- sockets ---------------------------------------------------------------------------- */
+
+static int ep = -1;
+static unsigned char rbuf[RECV_SIZE];
+static struct sockaddr_in server_addr;
+
+static int connect_kind(int err)
+{
+    if (err == ECONNREFUSED)
+        return CONNECT_REFUSED;
+    if (err == ETIMEDOUT)
+        return CONNECT_TIMEOUT;
+    return CONNECT_OTHER;
+}
+
+static void watch(int op, int fd, uint32_t events, uint32_t index)
+{
+    struct epoll_event e = {.events = events, .data.u32 = index};
+    if (epoll_ctl(ep, op, fd, &e) < 0)
+        fail_errno("epoll_ctl");
+}
+
+/* A non-blocking socket with TCP_NODELAY, bound to the index-th spread source address when
+ * `spread` > 1 (loadgen/source_addresses.py: 127.1.x.y, IP_BIND_ADDRESS_NO_PORT so that
+ * connect() picks the port per destination), connect() started. Returns the descriptor, or
+ * -1 with the error counted (and a note). *fatal is set when socket() itself failed: out of
+ * descriptors, no later attempt can succeed. */
+static int start_connect(long address_index, long spread, int *fatal)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        note("socket()", errno);
+        *fatal = 1;
+        return -1;
+    }
+    int one = 1;
+    if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) < 0) {
+        note("setsockopt(TCP_NODELAY)", errno);
+        goto other;
+    }
+    if (spread > 1) {
+        long slot = address_index % spread;
+        struct sockaddr_in src = {.sin_family = AF_INET};
+        src.sin_addr.s_addr = htonl((127u << 24) | (1u << 16) | ((uint32_t)(slot / 250) << 8) | (uint32_t)(slot % 250 + 1));
+        if (setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one) < 0) {
+            note("setsockopt(IP_BIND_ADDRESS_NO_PORT)", errno);
+            goto other;
+        }
+        if (bind(fd, (struct sockaddr *)&src, sizeof src) < 0) {
+            note("bind()", errno);
+            goto other;
+        }
+    }
+    if (connect(fd, (struct sockaddr *)&server_addr, sizeof server_addr) < 0 && errno != EINPROGRESS) {
+        int err = errno;
+        if (close(fd) < 0)
+            fail_errno("close");
+        errs[connect_kind(err)]++;
+        return -1;
+    }
+    return fd;
+other:
+    if (close(fd) < 0)
+        fail_errno("close");
+    errs[CONNECT_OTHER]++;
+    return -1;
+}
+
+static int socket_error(int fd)
+{
+    int err = 0;
+    socklen_t len = sizeof err;
+    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+        return errno;
+    return err;
+}
+
+static void close_fd(int fd)
+{
+    /* close() also drops the descriptor from the epoll set: nothing else holds its file. */
+    if (close(fd) < 0 && errno != EINTR)
+        fail_errno("close");
+}
+
+/* ---- connections of closed, open and idle points ---------------------------------------- */
+
+struct conn {
+    int fd;            /* -1 once closed */
+    uint32_t id;       /* connection id in the payload: the point-wide index */
+    uint32_t seq;
+    uint32_t waiting;  /* open loop: waiting for its next send time, nothing in flight */
+    uint32_t writing;  /* EPOLLOUT registered: part of the request is still to be sent */
+    size_t sent, received;
+    int64_t t_send, t_intended, t_connect;
+};
+
+static struct conn *conns;
+static long nconns, nactive;
+static uint64_t connected;
+#define TIMER_INDEX UINT32_MAX
+
+/* The connect phase: open opt.connections + opt.idle connections with at most
+ * CONNECT_IN_FLIGHT connects in flight, each given opt.connect_timeout_s. */
+static void connect_all(struct hist *h, double *seconds)
+{
+    long want = opt.workload == CHURN ? 0 : opt.connections + opt.idle;
+    conns = calloc((size_t)(want ? want : 1), sizeof *conns);
+    if (!conns)
+        fail_errno("calloc");
+    int64_t started = now_ns(), timeout = (int64_t)(opt.connect_timeout_s * NS);
+    long launched = 0, in_flight = 0, finished = 0;
+    static struct epoll_event events[MAX_EVENTS];
+    while (finished < want) {
+        while (launched < want && in_flight < CONNECT_IN_FLIGHT) {
+            int fatal = 0;
+            struct conn *c = &conns[launched];
+            c->fd = start_connect(opt.first_index + launched, opt.spread, &fatal);
+            launched++;
+            if (fatal) {
+                /* Out of descriptors: every connection not yet launched fails the same way. */
+                errs[CONNECT_OTHER] += (uint64_t)(want - launched + 1);
+                finished += want - launched + 1;
+                for (long i = launched; i < want; i++)
+                    conns[i].fd = -1;
+                launched = want;
+                break;
+            }
+            if (c->fd < 0) {
+                finished++;
+                continue;
+            }
+            c->t_connect = now_ns();
+            watch(EPOLL_CTL_ADD, c->fd, EPOLLOUT, (uint32_t)(c - conns));
+            in_flight++;
+        }
+        int n = epoll_wait(ep, events, MAX_EVENTS, 50);
+        if (n < 0 && errno != EINTR)
+            fail_errno("epoll_wait");
+        for (int i = 0; i < n; i++) {
+            struct conn *c = &conns[events[i].data.u32];
+            if (c->fd < 0 || c->t_connect == 0)
+                continue;
+            int err = socket_error(c->fd);
+            in_flight--, finished++;
+            if (err) {
+                close_fd(c->fd);
+                c->fd = -1;
+                errs[connect_kind(err)]++;
+                continue;
+            }
+            hist_record_ns(h, now_ns() - c->t_connect);
+            c->t_connect = 0;
+            /* Out of the set until the request loop gives it its role: even with no events
+             * asked for, a hang-up would be reported on every epoll_wait of this phase. */
+            if (epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL) < 0)
+                fail_errno("epoll_ctl");
+            connected++;
+        }
+        int64_t now = now_ns();
+        if (in_flight) {
+            for (long i = 0; i < launched; i++) {
+                struct conn *c = &conns[i];
+                if (c->fd >= 0 && c->t_connect && now - c->t_connect > timeout) {
+                    close_fd(c->fd);
+                    c->fd = -1;
+                    errs[CONNECT_TIMEOUT]++;
+                    in_flight--, finished++;
+                }
+            }
+        }
+    }
+    /* Pack the open connections to the front: the first opt.connections are the active ones. */
+    long kept = 0;
+    for (long i = 0; i < want; i++)
+        if (conns[i].fd >= 0)
+            conns[kept++] = conns[i];
+    nconns = kept;
+    nactive = kept < opt.connections ? kept : opt.connections;
+    *seconds = (double)(now_ns() - started) / NS;
+}
+
+/* ---- the schedule ----------------------------------------------------------------------- */
+
+static double field(const char *line, const char *key)
+{
+    char quoted[64];
+    snprintf(quoted, sizeof quoted, "\"%s\"", key);
+    const char *p = strstr(line, quoted);
+    if (!p)
+        return -1;
+    p = strchr(p + strlen(quoted), ':');
+    if (!p)
+        return -1;
+    char *end;
+    double v = strtod(p + 1, &end);
+    return end == p + 1 ? -1 : v;
+}
+
+static int read_schedule(int64_t *start_at, int64_t *window_start, int64_t *window_end)
+{
+    static char line[4096];
+    while (fgets(line, sizeof line, stdin)) {
+        if (!strstr(line, "\"event\"") || !strstr(line, "\"schedule\""))
+            continue; /* not a control message */
+        double s = field(line, "start_at"), a = field(line, "window_start"), b = field(line, "window_end");
+        if (s < 0 || a < 0 || b < a)
+            return -1;
+        *start_at = (int64_t)(s * NS), *window_start = (int64_t)(a * NS), *window_end = (int64_t)(b * NS);
+        return 0;
+    }
+    return -1;
+}
+
+static void sleep_until(int64_t when)
+{
+    /* A start shared by every worker on the system-wide clock, not a pause. */
+    struct timespec ts = {.tv_sec = when / NS, .tv_nsec = when % NS};
+    int rc;
+    while ((rc = clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL)) == EINTR)
+        ;
+    if (rc) {
+        errno = rc;
+        fail_errno("clock_nanosleep");
+    }
+}
+
+/* ---- the window and what was measured in it --------------------------------------------- */
+
+static struct {
+    int64_t start, end;        /* the scheduled window */
+    int64_t measured_start;    /* 0 until the loop first saw the window open */
+    int64_t measured_end;
+    struct rusage usage_start, usage_end;
+    uint64_t requests, sent_in_window;
+    struct hist *corrected, *uncorrected, *connect;
+} win;
+
+static void maybe_open_window(int64_t now)
+{
+    if (!win.measured_start && now >= win.start) {
+        win.measured_start = now;
+        if (getrusage(RUSAGE_SELF, &win.usage_start) < 0)
+            fail_errno("getrusage");
+    }
+}
+
+static int in_window(int64_t t)
+{
+    return win.measured_start && t < win.end;
+}
+
+static int epoll_timeout_ms(int64_t now, int64_t backstop_ns)
+{
+    int64_t until = win.end - now;
+    if (!win.measured_start && win.start - now < until)
+        until = win.start - now;
+    if (until > backstop_ns)
+        until = backstop_ns;
+    /* Round up, as CPython's epoll.poll() does: never wake before the window's edge. */
+    return until <= 0 ? 0 : (int)((until + 999999) / 1000000);
+}
+
+/* ---- open loop: a min-heap of (intended send time, connection) and a timerfd ----------- */
+
+struct due {
+    int64_t at;
+    uint32_t index;
+};
+static struct due *heap;
+static long heap_len;
+
+static void heap_push(int64_t at, uint32_t index)
+{
+    long i = heap_len++;
+    while (i > 0) {
+        long parent = (i - 1) / 2;
+        if (heap[parent].at <= at)
+            break;
+        heap[i] = heap[parent];
+        i = parent;
+    }
+    heap[i] = (struct due){at, index};
+}
+
+static struct due heap_pop(void)
+{
+    struct due top = heap[0], last = heap[--heap_len];
+    long i = 0;
+    for (;;) {
+        long child = 2 * i + 1;
+        if (child >= heap_len)
+            break;
+        if (child + 1 < heap_len && heap[child + 1].at < heap[child].at)
+            child++;
+        if (heap[child].at >= last.at)
+            break;
+        heap[i] = heap[child];
+        i = child;
+    }
+    if (heap_len)
+        heap[i] = last;
+    return top;
+}
+
+static int timer_fd = -1;
+static int64_t timer_armed_at = -1;
+
+static void arm_timer(int64_t at)
+{
+    if (at == timer_armed_at)
+        return;
+    /* Zero would disarm the timer: a time already past becomes the smallest one that fires. */
+    int64_t t = at > 0 ? at : 1;
+    struct itimerspec spec = {.it_value = {.tv_sec = t / NS, .tv_nsec = t % NS}};
+    if (timerfd_settime(timer_fd, TFD_TIMER_ABSTIME, &spec, NULL) < 0)
+        fail_errno("timerfd_settime");
+    timer_armed_at = at;
+}
+
+static void consume_timer(void)
+{
+    uint64_t expirations;
+    if (read(timer_fd, &expirations, sizeof expirations) < 0 && errno != EAGAIN)
+        fail_errno("read(timerfd)");
+    timer_armed_at = -1;
+}
+
+/* ---- the request loop ------------------------------------------------------------------- */
+
+/* ---- one request's bytes on a socket: shared by the request loop and churn -------------- */
+
+enum io { IO_DONE, IO_MORE, IO_FAILED };
+
+/* Send what is left of request (id, seq) from *sent on; IO_MORE when the socket buffer is full. */
+static enum io send_request(int fd, uint32_t id, uint32_t seq, size_t *sent)
+{
+    size_t size = (size_t)opt.payload;
+    while (*sent < size) {
+        size_t n = size - *sent;
+        if (n > PATTERN_MAX)
+            n = PATTERN_MAX;
+        ssize_t k = send(fd, payload_at(id, seq, *sent), n, MSG_NOSIGNAL);
+        if (k < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                return IO_MORE;
+            return IO_FAILED;
+        }
+        *sent += (size_t)k;
+    }
+    return IO_DONE;
+}
+
+/* Read what the socket holds of the echo of request (id, seq), checking it byte for byte
+ * (length and content: connection id, sequence). IO_FAILED sets *kind: reset, short read (EOF),
+ * or mismatch, which is also an echo that runs past the payload. */
+static enum io recv_echo(int fd, uint32_t id, uint32_t seq, size_t *received, int *kind)
+{
+    ssize_t n = recv(fd, rbuf, sizeof rbuf, 0);
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+            return IO_MORE;
+        *kind = RESET;
+        return IO_FAILED;
+    }
+    if (n == 0) {
+        *kind = SHORT_READ;
+        return IO_FAILED;
+    }
+    if (*received + (size_t)n > (size_t)opt.payload || !payload_matches(id, seq, *received, rbuf, (size_t)n)) {
+        *kind = MISMATCH;
+        return IO_FAILED;
+    }
+    *received += (size_t)n;
+    return *received < (size_t)opt.payload ? IO_MORE : IO_DONE;
+}
+
+static int64_t interval_ns; /* open loop: time between one connection's intended sends */
+
+static void drop(struct conn *c, int kind)
+{
+    errs[kind]++;
+    close_fd(c->fd);
+    c->fd = -1;
+}
+
+static void set_writing(struct conn *c, uint32_t want)
+{
+    if (want != c->writing) {
+        c->writing = want;
+        watch(EPOLL_CTL_MOD, c->fd, EPOLLIN | (want ? EPOLLOUT : 0), (uint32_t)(c - conns));
+    }
+}
+
+/* Send what is left of the current request; EPOLLOUT registered while the socket buffer is full. */
+static void push(struct conn *c)
+{
+    enum io r = send_request(c->fd, c->id, c->seq, &c->sent);
+    if (r == IO_FAILED)
+        drop(c, RESET);
+    else
+        set_writing(c, r == IO_MORE);
+}
+
+static void send_next(struct conn *c, int64_t intended, int64_t now)
+{
+    c->seq++;
+    c->sent = c->received = 0;
+    c->t_intended = intended;
+    c->t_send = now;
+    if (now >= win.start && now < win.end)
+        win.sent_in_window++;
+    push(c);
+}
+
+static void on_idle_event(struct conn *c, uint32_t ev)
+{
+    /* An idle connection the server closed or reset: it no longer counts. */
+    drop(c, ev & EPOLLERR ? RESET : SHORT_READ);
+}
+
+static void on_active_event(struct conn *c, uint32_t ev)
+{
+    if ((ev & EPOLLOUT) && c->writing) {
+        push(c);
+        if (c->fd < 0)
+            return;
+    }
+    if (!(ev & (EPOLLIN | EPOLLERR | EPOLLHUP | EPOLLRDHUP)))
+        return;
+    int kind = MISMATCH;
+    /* Bytes while nothing is in flight (open loop, between sends) are a mismatch too. */
+    enum io r = c->waiting ? IO_FAILED : recv_echo(c->fd, c->id, c->seq, &c->received, &kind);
+    if (r == IO_FAILED)
+        drop(c, kind);
+    if (r != IO_DONE)
+        return;
+    int64_t done = now_ns();
+    if (in_window(done)) {
+        win.requests++;
+        hist_record_ns(win.corrected, done - c->t_intended);
+        if (opt.workload == OPEN)
+            hist_record_ns(win.uncorrected, done - c->t_send);
+    }
+    if (opt.workload == OPEN) {
+        /* The next send keeps its place on the schedule even when this one was late. */
+        int64_t intended = c->t_intended + interval_ns;
+        if (intended <= done) {
+            send_next(c, intended, done);
+        } else {
+            c->waiting = 1;
+            heap_push(intended, (uint32_t)(c - conns));
+        }
+    } else {
+        send_next(c, done, done);
+    }
+}
+
+static long expire_stuck(int64_t now)
+{
+    long live = 0;
+    int64_t limit = (int64_t)(opt.request_timeout_s * NS);
+    for (long i = 0; i < nactive; i++) {
+        struct conn *c = &conns[i];
+        if (c->fd < 0)
+            continue;
+        if (!c->waiting && now - c->t_send > limit)
+            drop(c, TIMEOUT);
+        else
+            live++;
+    }
+    return live;
+}
+
+static long request_loop(int64_t start_at)
+{
+    for (long i = 0; i < nconns; i++) {
+        conns[i].id = (uint32_t)(opt.first_index + i);
+        watch(EPOLL_CTL_ADD, conns[i].fd, i < nactive ? EPOLLIN : EPOLLIN | EPOLLRDHUP, (uint32_t)i);
+    }
+    if (opt.workload == OPEN) {
+        heap = calloc((size_t)(nactive ? nactive : 1), sizeof *heap);
+        if (!heap)
+            fail_errno("calloc");
+        interval_ns = (int64_t)((double)nactive / opt.rate * NS);
+        timer_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+        if (timer_fd < 0)
+            fail_errno("timerfd_create");
+        watch(EPOLL_CTL_ADD, timer_fd, EPOLLIN, TIMER_INDEX);
+    }
+    sleep_until(start_at);
+    int64_t first = now_ns();
+    for (long i = 0; i < nactive; i++) {
+        if (opt.workload == OPEN) {
+            /* Staggered over one interval, so the connections do not send in bursts. */
+            conns[i].waiting = 1;
+            heap_push(first + interval_ns * i / nactive, (uint32_t)i);
+        } else {
+            send_next(&conns[i], first, first);
+        }
+    }
+    static struct epoll_event events[MAX_EVENTS];
+    int64_t last_scan = first;
+    long live = nactive;
+    while (live > 0) {
+        int64_t now = now_ns();
+        while (heap_len && heap[0].at <= now) {
+            struct due d = heap_pop();
+            struct conn *c = &conns[d.index];
+            if (c->fd >= 0) {
+                c->waiting = 0;
+                send_next(c, d.at, now_ns());
+            }
+        }
+        maybe_open_window(now);
+        if (now >= win.end)
+            break;
+        if (heap_len)
+            arm_timer(heap[0].at); /* the epoll timeout (whole ms) is only a backstop */
+        int n = epoll_wait(ep, events, MAX_EVENTS, epoll_timeout_ms(now, NS / 10));
+        if (n < 0 && errno != EINTR)
+            fail_errno("epoll_wait");
+        for (int i = 0; i < n; i++) {
+            uint32_t index = events[i].data.u32;
+            if (index == TIMER_INDEX) {
+                consume_timer();
+                continue;
+            }
+            struct conn *c = &conns[index];
+            if (c->fd < 0)
+                continue;
+            if ((long)index < nactive)
+                on_active_event(c, events[i].events);
+            else
+                on_idle_event(c, events[i].events);
+        }
+        now = now_ns();
+        if (now - last_scan > TIMEOUT_SCAN_NS) {
+            last_scan = now;
+            live = expire_stuck(now);
+        }
+    }
+    win.measured_end = now_ns();
+    if (getrusage(RUSAGE_SELF, &win.usage_end) < 0)
+        fail_errno("getrusage");
+    live = expire_stuck(win.measured_end);
+    for (long i = 0; i < nconns; i++)
+        if (conns[i].fd >= 0)
+            close_fd(conns[i].fd);
+    return live;
+}
+
+/* ---- churn ------------------------------------------------------------------------------ */
+
+enum slot_state { SLOT_DEFERRED, SLOT_CONNECTING, SLOT_SENDING, SLOT_READING };
+struct slot {
+    int fd;
+    enum slot_state state;
+    uint32_t id;
+    size_t sent, received;
+    int64_t t_start, t_connected;
+};
+static struct slot *slots;
+static uint32_t churn_started;
+
+/* Connect the slot anew. A failure before the connect is under way leaves the slot deferred
+ * until the next timeout scan: trying again at once would spin on a lasting error. */
+static void churn_begin(struct slot *s)
+{
+    int fatal = 0;
+    churn_started++;
+    s->id = churn_started;
+    s->sent = s->received = 0;
+    s->state = SLOT_DEFERRED;
+    s->fd = start_connect(opt.worker_id * 7919 + churn_started, CHURN_ADDRESSES, &fatal);
+    if (fatal)
+        errs[CONNECT_OTHER]++;
+    if (s->fd < 0)
+        return;
+    s->state = SLOT_CONNECTING;
+    s->t_start = now_ns();
+    watch(EPOLL_CTL_ADD, s->fd, EPOLLOUT, (uint32_t)(s - slots));
+}
+
+static void churn_finish(struct slot *s, int kind)
+{
+    close_fd(s->fd);
+    s->fd = -1;
+    if (kind >= 0)
+        errs[kind]++;
+    churn_begin(s);
+}
+
+static void churn_send(struct slot *s)
+{
+    enum io r = send_request(s->fd, (uint32_t)opt.worker_id, s->id, &s->sent);
+    if (r == IO_FAILED) {
+        churn_finish(s, RESET);
+    } else if (r == IO_DONE) {
+        s->state = SLOT_READING;
+        watch(EPOLL_CTL_MOD, s->fd, EPOLLIN, (uint32_t)(s - slots));
+    } /* else EPOLLOUT stays registered */
+}
+
+static void churn_event(struct slot *s)
+{
+    if (s->state == SLOT_CONNECTING) {
+        int err = socket_error(s->fd);
+        if (err) {
+            churn_finish(s, connect_kind(err));
+            return;
+        }
+        s->t_connected = now_ns();
+        s->state = SLOT_SENDING;
+    }
+    if (s->state == SLOT_SENDING) {
+        churn_send(s);
+        return;
+    }
+    int kind = RESET;
+    enum io r = recv_echo(s->fd, (uint32_t)opt.worker_id, s->id, &s->received, &kind);
+    if (r == IO_FAILED)
+        churn_finish(s, kind);
+    if (r != IO_DONE)
+        return;
+    int64_t done = now_ns();
+    if (in_window(done)) {
+        win.requests++;
+        win.sent_in_window++;
+        hist_record_ns(win.corrected, done - s->t_start);
+        hist_record_ns(win.connect, s->t_connected - s->t_start);
+    }
+    churn_finish(s, -1);
+}
+
+static void churn_loop(int64_t start_at)
+{
+    long n_slots = opt.connections;
+    slots = calloc((size_t)n_slots, sizeof *slots);
+    if (!slots)
+        fail_errno("calloc");
+    sleep_until(start_at);
+    for (long i = 0; i < n_slots; i++)
+        churn_begin(&slots[i]);
+    static struct epoll_event events[MAX_EVENTS];
+    int64_t last_scan = now_ns(), limit = (int64_t)(opt.request_timeout_s * NS);
+    for (;;) {
+        int64_t now = now_ns();
+        maybe_open_window(now);
+        if (now >= win.end)
+            break;
+        int n = epoll_wait(ep, events, MAX_EVENTS, epoll_timeout_ms(now, NS / 10));
+        if (n < 0 && errno != EINTR)
+            fail_errno("epoll_wait");
+        for (int i = 0; i < n; i++) {
+            struct slot *s = &slots[events[i].data.u32];
+            if (s->fd >= 0)
+                churn_event(s);
+        }
+        now = now_ns();
+        if (now - last_scan > TIMEOUT_SCAN_NS) {
+            last_scan = now;
+            for (long i = 0; i < n_slots; i++) {
+                struct slot *s = &slots[i];
+                if (s->state == SLOT_DEFERRED)
+                    churn_begin(s);
+                else if (now - s->t_start > limit)
+                    churn_finish(s, s->state == SLOT_CONNECTING ? CONNECT_TIMEOUT : TIMEOUT);
+            }
+        }
+    }
+    win.measured_end = now_ns();
+    if (getrusage(RUSAGE_SELF, &win.usage_end) < 0)
+        fail_errno("getrusage");
+    for (long i = 0; i < n_slots; i++)
+        if (slots[i].fd >= 0)
+            close_fd(slots[i].fd);
+}
+
+/* ---- main ------------------------------------------------------------------------------- */
+
+static double seconds_of(const struct timeval *tv)
+{
+    return (double)tv->tv_sec + (double)tv->tv_usec / 1e6;
+}
+
+int main(int argc, char **argv)
+{
+    parse_options(argc, argv);
+    if (opt.die_with_parent)
+        die_with_parent();
+    pin(opt.cpus);
+    if (signal(SIGPIPE, SIG_IGN) == SIG_ERR)
+        fail_errno("signal(SIGPIPE)");
+    server_addr.sin_family = AF_INET;
+    server_addr.sin_port = htons((uint16_t)opt.port);
+    if (inet_pton(AF_INET, opt.host, &server_addr.sin_addr) != 1)
+        usage_error("--host must be an IPv4 address");
+    pattern_len = (size_t)(opt.payload < PATTERN_MAX ? opt.payload : PATTERN_MAX) + 16;
+    ep = epoll_create1(EPOLL_CLOEXEC);
+    if (ep < 0)
+        fail_errno("epoll_create1");
+
+    struct hist *connect_hist = hist_new();
+    double connect_s = 0;
+    connect_all(connect_hist, &connect_s);
+    printf("{\"event\":\"connected\",\"worker\":%ld,\"connected\":%llu,\"seconds\":%.6f", opt.worker_id,
+           (unsigned long long)connected, connect_s);
+    put_errors();
+    put_hist("histogram_counts", connect_hist);
+    printf(",\"notes\":[");
+    for (int i = 0; i < nnotes; i++) {
+        if (i)
+            putchar(',');
+        put_string(notes[i]);
+    }
+    printf("]");
+    flush_line();
+
+    int64_t start_at;
+    if (read_schedule(&start_at, &win.start, &win.end) < 0) {
+        for (long i = 0; i < nconns; i++)
+            close_fd(conns[i].fd);
+        return 1;
+    }
+    win.corrected = hist_new();
+    win.uncorrected = opt.workload == OPEN ? hist_new() : NULL;
+    win.connect = hist_new();
+    long live = 0;
+    if (opt.workload == CHURN)
+        churn_loop(start_at);
+    else if (nactive > 0)
+        live = request_loop(start_at);
+    else
+        win.measured_end = now_ns(); /* every connection failed: nothing to drive */
+    if (!win.measured_start) {
+        /* Every connection died before the window opened: nothing was measured. */
+        win.measured_start = win.measured_end;
+        if (getrusage(RUSAGE_SELF, &win.usage_end) < 0)
+            fail_errno("getrusage");
+        win.usage_start = win.usage_end;
+    }
+    int64_t end = win.end > win.measured_start ? win.end : win.measured_start;
+    if (win.measured_end < end)
+        end = win.measured_end;
+    printf("{\"event\":\"result\",\"worker\":%ld,\"requests\":%llu,\"sent_in_window\":%llu", opt.worker_id,
+           (unsigned long long)win.requests, (unsigned long long)win.sent_in_window);
+    printf(",\"window_start\":%.9f,\"window_end\":%.9f", (double)win.measured_start / NS, (double)end / NS);
+    printf(",\"cpu_user_s\":%.6f,\"cpu_sys_s\":%.6f,\"live_connections\":%ld",
+           seconds_of(&win.usage_end.ru_utime) - seconds_of(&win.usage_start.ru_utime),
+           seconds_of(&win.usage_end.ru_stime) - seconds_of(&win.usage_start.ru_stime), live);
+    put_errors();
+    put_hist("histogram_counts", win.corrected);
+    if (win.uncorrected)
+        put_hist("uncorrected_counts", win.uncorrected);
+    put_hist("connect_histogram_counts", opt.workload == CHURN ? win.connect : NULL);
+    flush_line();
+    return 0;
+}

@@ -1,0 +1,238 @@
+"""The built-in load engines (c and python) through their manager, against real servers on
+loopback: every test runs on both engines, which must agree on what they count."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+from bench_cli import TESTS_DIR
+from faulty_models import EXTRA_MODELS
+from hdrh.histogram import HdrHistogram
+
+from bench.engines import engine_class, make_engine
+from bench.load_workers import ConnectPhase, LoadPlan, LoadResult
+from loadgen.histogram import encode_counts, merge, new_histogram, summarize
+
+HOST = "127.0.0.1"
+
+
+def drive(
+    engine: str, port: int, plan: LoadPlan, workers: int = 1, warmup: float = 0.2, duration: float = 0.6
+) -> tuple[ConnectPhase, LoadResult]:
+    load = make_engine(engine, HOST, port, plan, (), workers)
+    try:
+        load.start()
+        connect = load.wait_connected(timeout=30)
+        load.schedule(warmup, duration)
+        return connect, load.collect(timeout=warmup + duration + 15)
+    finally:
+        load.stop()
+
+
+@pytest.fixture
+def faulty_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Servers started by the test can load the faulty models of tests/faulty_models.py."""
+    monkeypatch.setenv("BENCH_EXTRA_MODELS", EXTRA_MODELS)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(TESTS_DIR), os.environ.get("PYTHONPATH")])))
+
+
+@pytest.mark.timeout(60)
+def test_closed_loop_counts_verified_echoes_in_the_window(engine, start_server):
+    server = start_server("native")
+    connect, result = drive(engine, server.port, LoadPlan("closed", 20, 64), workers=2)
+    assert connect.connected == 20 and not +connect.errors
+    assert merge([connect.histogram]).get_total_count() == 20
+    assert not +result.errors, result.errors
+    assert result.live_connections == 20
+    assert result.requests > 1000
+    # The window's length is what the workers' clocks measured (about the planned 0.6 s).
+    assert result.duration_s == pytest.approx(0.6, abs=0.05)
+    assert merge(result.histograms).get_total_count() == result.requests
+    # Requests sent in the window and completed in it differ by those in flight at its edges.
+    assert abs(result.sent_in_window - result.requests) <= 20
+    assert result.cpu_s > 0 and len(result.worker_cpu_s) == 2
+    assert not result.uncorrected
+
+
+@pytest.mark.timeout(60)
+def test_open_loop_keeps_its_rate_and_both_latencies(engine, start_server):
+    server = start_server("epoll")
+    _, result = drive(engine, server.port, LoadPlan("open", 10, 64, rate=4000.0), duration=1.0)
+    assert not +result.errors, result.errors
+    assert result.requests / result.duration_s == pytest.approx(4000, rel=0.05)
+    corrected, uncorrected = summarize(merge(result.histograms)), summarize(merge(result.uncorrected))
+    # Latency from the intended send time can only be longer than from the actual send.
+    for key in ("p50_us", "p99_us"):
+        assert 0 < uncorrected[key] <= corrected[key]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.usefixtures("faulty_env")
+def test_a_corrupted_echo_is_a_mismatch_and_drops_its_connection(engine, start_server):
+    server = start_server("corrupt")
+    _, result = drive(engine, server.port, LoadPlan("closed", 6, 64))
+    # Every connection meets a corrupted echo at its third request.
+    assert result.errors == {"mismatch": 6}
+    assert result.live_connections == 0
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.usefixtures("faulty_env")
+def test_idle_connections_closed_by_the_server_are_counted(engine, start_server):
+    server = start_server("idle-timeout")
+    connect, result = drive(engine, server.port, LoadPlan("idle", 3, 64, idle=5), duration=1.0)
+    assert connect.connected == 8
+    # The active connections never fall silent; each idle one is closed by the server once.
+    assert sum(result.errors.values()) == 5, result.errors
+    assert set(+result.errors) <= {"short_read", "reset"}
+    assert result.live_connections == 3 and result.requests > 0
+
+
+@pytest.mark.timeout(60)
+def test_refused_connects_are_counted_by_kind(engine):
+    with socket.socket() as probe:
+        probe.bind((HOST, 0))
+        port = probe.getsockname()[1]
+    # Nothing listens there now: every connect is refused.
+    connect, result = drive(engine, port, LoadPlan("closed", 5, 64), duration=0.2)
+    assert connect.connected == 0
+    assert connect.errors == {"connect_refused": 5}
+    assert result.requests == 0 and result.live_connections == 0
+
+
+@pytest.mark.timeout(60)
+def test_churn_counts_cycles_and_their_connect_times(engine, start_server):
+    server = start_server("epoll")
+    _, result = drive(engine, server.port, LoadPlan("churn", 4, 64))
+    assert not +result.errors, result.errors
+    assert result.requests > 50
+    assert merge(result.connect_histograms).get_total_count() == result.requests
+    cycle, connect = summarize(merge(result.histograms)), summarize(merge(result.connect_histograms))
+    # A cycle contains its connect.
+    assert connect["p50_us"] <= cycle["p50_us"]
+
+
+def _start_worker(engine: str, port: int, *options: str) -> subprocess.Popen:
+    load = engine_class(engine)(HOST, port, LoadPlan("closed", 1, 64), (), 1)
+    argv = load.argv(["--host", HOST, "--port", str(port), *options])
+    return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=TESTS_DIR.parent)
+
+
+def _run_worker(proc: subprocess.Popen, warmup: float = 0.1, duration: float = 0.3) -> tuple[dict, dict]:
+    connected = json.loads(proc.stdout.readline())
+    start = time.monotonic() + 0.05
+    schedule = {
+        "event": "schedule",
+        "start_at": start,
+        "window_start": start + warmup,
+        "window_end": start + warmup + duration,
+    }
+    proc.stdin.write(json.dumps(schedule) + "\n")
+    proc.stdin.flush()
+    result = json.loads(proc.stdout.readline())
+    assert proc.wait(timeout=10) == 0
+    return connected, result
+
+
+@pytest.mark.timeout(60)
+def test_connections_take_their_spread_source_addresses(engine, start_server):
+    server = start_server("epoll")
+    proc = _start_worker(engine, server.port, "--connections", "6", "--spread", "3", "--first-index", "0")
+    try:
+        connected = json.loads(proc.stdout.readline())
+        assert connected["connected"] == 6
+        peers = [c.raddr.ip for c in psutil.Process(server.pid).net_connections("tcp") if c.raddr]
+        assert sorted(peers) == sorted(["127.1.0.1", "127.1.0.2", "127.1.0.3"] * 2)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_without_its_schedule_closes_everything_and_exits(engine, start_server):
+    server = start_server("epoll")
+    proc = _start_worker(engine, server.port, "--connections", "4")
+    assert json.loads(proc.stdout.readline())["connected"] == 4
+    proc.stdin.close()
+    assert proc.wait(timeout=10) == 1
+    deadline = time.monotonic() + 5
+    while psutil.Process(server.pid).net_connections("tcp") and time.monotonic() < deadline:
+        time.sleep(0.05)  # the server notices the closes on its own schedule
+    assert [c for c in psutil.Process(server.pid).net_connections("tcp") if c.raddr] == []
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_dies_with_its_parent(engine, start_server):
+    server = start_server("epoll")
+    load = engine_class(engine)(HOST, server.port, LoadPlan("closed", 1, 64), (), 1)
+    argv = load.argv(["--host", HOST, "--port", str(server.port), "--connections", "2", "--die-with-parent"])
+    # A parent that starts the worker, reports its PID, then waits to be killed.
+    parent_code = (
+        "import subprocess, sys, time\n"
+        f"w = subprocess.Popen({argv!r}, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)\n"
+        "print(w.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", parent_code], stdout=subprocess.PIPE, text=True)
+    try:
+        worker = psutil.Process(int(parent.stdout.readline()))
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        worker.wait(timeout=5)  # raises TimeoutExpired if the worker outlived its parent
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        if worker.is_running():
+            worker.kill()
+
+
+@pytest.mark.timeout(60)
+def test_c_worker_latencies_are_hdrhistogram_buckets(start_server):
+    """The compiled worker's counts sit at HdrHistogram bucket floors (1 us..60 s, 3 digits),
+    so folding them into the manager's histograms moves nothing between buckets."""
+    from loadgen.c_worker import worker_binary
+
+    if worker_binary()[0] is None:
+        pytest.skip(f"C engine unavailable: {worker_binary()[1]}")
+    server = start_server("epoll")
+    proc = _start_worker("c", server.port, "--connections", "8", "--workload", "open", "--rate", "2000")
+    _, result = _run_worker(proc)
+    counts = result["histogram_counts"]
+    assert sum(c for _, c in counts) == result["requests"] > 0
+    reference: HdrHistogram = new_histogram()
+    for value, _ in counts:
+        assert reference.get_lowest_equivalent_value(value) == value
+    assert [v for v, _ in counts] == sorted({v for v, _ in counts})
+    # Beyond 2048 us a bucket holds 2^k values: one from each of several buckets stays apart.
+    folded = merge([encode_counts([[3000, 1], [3001, 2], [70_000, 4], [59_000_000, 1]])])
+    assert folded.get_total_count() == 8
+    assert folded.get_count_at_value(3000) == 3 and folded.get_count_at_value(70_000) == 4
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--connections", "0"], "--connections takes an integer >= 1"),
+        (["--connections", "2", "--workload", "open"], "--workload open needs --rate > 0"),
+        (["--connections", "2", "--cpus", "x"], "--cpus takes a list"),
+    ],
+)
+def test_c_worker_rejects_bad_options_in_one_line(options, message):
+    from loadgen.c_worker import worker_binary
+
+    binary, reason = worker_binary()
+    if binary is None:
+        pytest.skip(f"C engine unavailable: {reason}")
+    proc = subprocess.run([str(binary), "--port", "9", *options], capture_output=True, text=True, timeout=10)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and message in proc.stderr
