@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from bench.columns import STATUS_OK
 from bench.cpus import default_pinning, parse_pinning
@@ -36,6 +37,19 @@ def _positive(value: float, name: str, allow_zero: bool = False) -> float:
     return value
 
 
+def _server_workers(text: str) -> int:
+    """--server-workers: a count >= 1, or 'auto' (0: chosen per point by bench.sweep)."""
+    if text.strip() == "auto":
+        return 0
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise UsageError(f"--server-workers takes 'auto' or an integer >= 1, not {text!r}")
+    return value
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from bench.engines import choose_engine
     from bench.sweep import RunConfig, run_sweep
@@ -50,7 +64,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         target = parse_target(args.target, args.allow_remote)
         if args.models != "all":
             raise UsageError("--target drives a server started elsewhere; --models does not apply")
-        if args.server_workers != 1 or args.fork_cap != 1000:
+        if args.server_workers != "auto" or args.fork_cap != 1000:
             raise UsageError("--server-workers and --fork-cap apply to servers bench starts, not to --target")
         models, unavailable = [EXTERNAL_MODEL], {}
     else:
@@ -97,7 +111,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         workload=workload,
         idle=_int_list(args.idle, "--idle", minimum=0),
         rate=args.rate or 0.0,
-        server_workers=int(_positive(args.server_workers, "--server-workers")),
+        server_workers=_server_workers(args.server_workers),
+        request_timeout_s=_positive(args.request_timeout, "--request-timeout"),
         fork_cap=int(_positive(args.fork_cap, "--fork-cap")),
         slo_p99_us=slo_p99_us,
         quiet_wait_s=_positive(args.quiet_wait, "--quiet-wait", allow_zero=True),
@@ -188,8 +203,15 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+class _OneLineErrors(argparse.ArgumentParser):
+    """argparse, but a bad option is one line on stderr (and exit 2), not the whole usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bench", description="Benchmark Linux network I/O models.")
+    parser = _OneLineErrors(prog="bench", description="Benchmark Linux network I/O models.")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="sweep models over connection counts and write a run directory")
     run.add_argument("--models", default="all", help="comma-separated model names, or 'all' (default)")
@@ -197,6 +219,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--payload", type=int, default=64, help="bytes per request (default 64)")
     run.add_argument("--duration", type=float, default=1.5, help="measured window, seconds (default 1.5)")
     run.add_argument("--warmup", type=float, default=0.5, help="warm-up before the window, seconds (default 0.5)")
+    run.add_argument(
+        "--request-timeout",
+        type=float,
+        default=2.0,
+        help="seconds a request may wait for its echo before it counts as a timeout and its connection is "
+        "closed (default 2, as wrk's)",
+    )
     run.add_argument("--repeats", type=int, default=1, help="how many times to run the whole sweep (default 1)")
     run.add_argument("--out", default=os.environ.get("BENCH_RESULTS", "results"), help="results directory")
     load = run.add_argument_group("workload")
@@ -213,7 +242,12 @@ def build_parser() -> argparse.ArgumentParser:
     server = run.add_argument_group("server")
     server.add_argument("--target", default="", help="HOST:PORT of a server started elsewhere (e.g. by bench serve)")
     server.add_argument("--allow-remote", action="store_true", help="let --target name a non-loopback address")
-    server.add_argument("--server-workers", type=int, default=1, help="SO_REUSEPORT processes (event-driven models)")
+    server.add_argument(
+        "--server-workers",
+        default="auto",
+        help="SO_REUSEPORT processes of an event-driven model (default auto: one, or as many as the point's "
+        "connections need under RLIMIT_NOFILE)",
+    )
     server.add_argument("--fork-cap", type=int, default=1000, help="live children the fork model may have")
     engine = run.add_argument_group("load engine")
     engine.add_argument(

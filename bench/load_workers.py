@@ -60,6 +60,7 @@ class LoadPlan:
     payload: int
     idle: int = 0
     rate: float = 0.0
+    request_timeout_s: float = 2.0
 
 
 @dataclass
@@ -139,7 +140,7 @@ class LoadWorkers:
             args = ["--host", self.host, "--port", str(self.port), "--workload", plan.workload]
             args += ["--connections", str(active), "--idle", str(idle), "--payload", str(plan.payload)]
             args += ["--worker-id", str(wid), "--first-index", str(first), "--spread", str(spread)]
-            args += ["--cpus", format_cpus(self.cpus)]
+            args += ["--cpus", format_cpus(self.cpus), "--request-timeout", repr(plan.request_timeout_s)]
             if plan.rate:
                 args += ["--rate", repr(plan.rate * active / plan.connections)]
             first += active + idle

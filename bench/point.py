@@ -43,6 +43,8 @@ class PointSpec:
     rate: float = 0.0
     server_workers: int = 1
     fork_cap: int = 1000
+    # Seconds a request may wait for its echo (wrk's --timeout); then it is a timeout error.
+    request_timeout_s: float = 2.0
     # "host:port" of a server started elsewhere (bench run --target); empty: start our own.
     target: str = ""
     # The load engine (bench.engines): c, python or locust.
@@ -65,7 +67,7 @@ class PointSpec:
 
     @property
     def load_plan(self) -> LoadPlan:
-        return LoadPlan(self.workload, self.connections, self.payload, self.idle, self.rate)
+        return LoadPlan(self.workload, self.connections, self.payload, self.idle, self.rate, self.request_timeout_s)
 
 
 @dataclass(frozen=True)
@@ -177,14 +179,18 @@ def _measure(
                 f"only {connect.connected} of {expected} connections opened "
                 f"({_kinds(connect.errors)}{'; ' + notes if notes else ''})"
             )
+        rounds = round_time_note(spec, result.requests, result.duration_s, result.errors.get("timeout", 0))
         if result.requests == 0:
-            raise PointFailed(f"no request completed in the window ({_kinds(result.errors) or 'no errors'})")
+            why = f"no request completed in the window ({_kinds(result.errors) or 'no errors'})"
+            raise PointFailed(f"{why}: {rounds}" if rounds else why)
         row["status"] = STATUS_OK
         notes = [*server.warnings]
         if spec.target:
             notes.append(f"server metrics unavailable: external server at {spec.target}")
         if row["errors"]:
             notes.append(f"{row['errors']} errors: {row['error_kinds']}")
+        if rounds:
+            notes.append(rounds)
         if row["client_bound"]:
             notes.append("client-bound: a load worker used a whole CPU while the server had CPU to spare")
         if row.get("disturbed"):
@@ -309,6 +315,31 @@ def _fill_measurements(
     # faster either; when the server is not ours to measure, a saturated worker is enough.
     server_pct = row.get("server_cpu_pct")
     row["client_bound"] = client_saturated and (server_pct is None or server_pct < 100 * CLIENT_BOUND_SHARE)
+
+
+def round_time_note(spec: PointSpec, requests: int, duration_s: float, timeouts: int) -> str | None:
+    """Why requests of a closed loop timed out when the connections are many, in words; None
+    when there were no timeouts or a round was well inside the request timeout (then the
+    cause is elsewhere, e.g. a stalled server).
+
+    In a closed loop every connection keeps one request outstanding, so by Little's law
+    (L = λW; Little, Operations Research 9(3), 1961) a request waits W = connections / λ,
+    where λ is the completion rate in req/s."""
+    if not timeouts or spec.workload not in ("closed", "idle"):
+        return None
+    n, limit = spec.connections, spec.request_timeout_s
+    rate = requests / duration_s if duration_s > 0 else 0.0
+    if rate and n / rate < limit / 2:
+        return None
+    text = (
+        f"{timeouts:,} requests timed out: {n:,} connections in closed loop each keep one request outstanding, "
+        f"so by Little's law each waits {n:,} / throughput, and an echo within the {limit:g} s request timeout "
+        f"needs at least {n / limit:,.0f} req/s"
+    )
+    if rate:
+        rtt = n / rate
+        text += f"; {rate:,.0f} req/s completed, a round of " + (f"{rtt:.1f} s" if rtt >= 1 else f"{rtt * 1e3:.0f} ms")
+    return text + "; measure scale with --idle beside fewer active connections, or raise --request-timeout"
 
 
 def _kinds(errors: Counter) -> str:

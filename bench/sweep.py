@@ -12,6 +12,7 @@ from bench.cpus import Pinning
 from bench.find_max import find_max_rate
 from bench.host import describe_host
 from bench.point import PointSpec, Timing, run_point, unmeasured_row
+from bench.preflight import SERVER_FD_MARGIN, nofile_limit
 from bench.results_store import RunDirectory, new_run_id, new_run_meta, recording_status
 from bench.statistics import finalize_run_statistics
 from servers import registry
@@ -32,8 +33,10 @@ class RunConfig:
     unavailable: dict[str, str] = field(default_factory=dict)
     idle: list[int] = field(default_factory=lambda: [0])
     rate: float = 0.0
-    server_workers: int = 1
+    # 0: auto, per point (auto_server_workers).
+    server_workers: int = 0
     fork_cap: int = 1000
+    request_timeout_s: float = 2.0
     slo_p99_us: float | None = None
     quiet_wait_s: float = 0.0
     target: str = ""
@@ -49,6 +52,21 @@ class RunConfig:
         d["out"] = str(self.out)
         d["pinning"] = self.pinning.as_dict()
         return d
+
+
+def auto_server_workers(model: str, held: int, nofile: int | None = None) -> int:
+    """Server processes for a point holding `held` connections: one, or, for a model that can
+    share its port (SO_REUSEPORT), as many as RLIMIT_NOFILE (`nofile`, default this process's,
+    which the server inherits) requires. A model that cannot is left at one: preflight then
+    skips the point with the reason."""
+    limit = (nofile if nofile is not None else nofile_limit()) - SERVER_FD_MARGIN
+    needed = max(1, -(-held // max(limit, 1)))
+    if needed == 1:
+        return 1
+    try:
+        return needed if registry.load(model).supports_workers else 1
+    except (KeyError, ImportError, AttributeError):
+        return 1
 
 
 def plan(config: RunConfig) -> list[PointSpec]:
@@ -71,8 +89,10 @@ def plan(config: RunConfig) -> list[PointSpec]:
                             workload,
                             idle=idle,
                             rate=config.rate if config.workload == "open" else 0.0,
-                            server_workers=config.server_workers,
+                            server_workers=config.server_workers
+                            or auto_server_workers(model, 0 if workload == "churn" else connections + idle),
                             fork_cap=config.fork_cap,
+                            request_timeout_s=config.request_timeout_s,
                             target=config.target,
                             engine=config.engine,
                             locust_workers=config.locust_workers,

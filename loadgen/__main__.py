@@ -13,7 +13,7 @@ from loadgen import control
 from loadgen.churn import run_churn
 from loadgen.connect import ConnectResult, open_connections
 from loadgen.histogram import encode, new_histogram
-from loadgen.request_loop import Window, run_request_loop
+from loadgen.request_loop import REQUEST_TIMEOUT_S, Window, run_request_loop
 
 WORKLOADS = ("closed", "open", "idle", "churn")
 
@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--first-index", type=int, default=0, help="index of this worker's first connection")
     parser.add_argument("--spread", type=int, default=1, help="source addresses the point's connections use")
     parser.add_argument("--connect-timeout", type=float, default=5.0)
+    parser.add_argument("--request-timeout", type=float, default=REQUEST_TIMEOUT_S, help="seconds per echo")
     parser.add_argument("--cpus", default="", help="pin to these CPUs, e.g. 1")
     parser.add_argument("--die-with-parent", action="store_true")
     args = parser.parse_args(argv)
@@ -61,11 +62,21 @@ def main(argv: list[str] | None = None) -> int:
     window = Window(schedule["window_start"], schedule["window_end"])
     if churn:
         start_at = schedule["start_at"]
-        result = run_churn(args.host, args.port, args.connections, args.payload, window, start_at, args.worker_id)
+        result = run_churn(
+            args.host, args.port, args.connections, args.payload, window, start_at, args.worker_id, args.request_timeout
+        )
     else:
         active, idle = conn.sockets[: args.connections], conn.sockets[args.connections :]
         rate = args.rate if args.workload == "open" else None
-        result = run_request_loop(active, args.payload, window, schedule["start_at"], rate=rate, idle=idle)
+        result = run_request_loop(
+            active,
+            args.payload,
+            window,
+            schedule["start_at"],
+            rate=rate,
+            idle=idle,
+            request_timeout_s=args.request_timeout,
+        )
     control.send(
         {
             "event": "result",

@@ -30,7 +30,14 @@ class _Slot:
 
 
 def run_churn(
-    host: str, port: int, concurrency: int, payload_size: int, window: Window, start_at: float, worker_id: int = 0
+    host: str,
+    port: int,
+    concurrency: int,
+    payload_size: int,
+    window: Window,
+    start_at: float,
+    worker_id: int = 0,
+    request_timeout_s: float = REQUEST_TIMEOUT_S,
 ) -> LoopResult:
     ep = select.epoll()
     slots: dict[int, _Slot] = {}
@@ -146,7 +153,7 @@ def run_churn(
             now = clock()
             if now - last_timeout_scan > 0.25:
                 last_timeout_scan = now
-                for fd in [fd for fd, s in slots.items() if now - s.t_start > REQUEST_TIMEOUT_S]:
+                for fd in [fd for fd, s in slots.items() if now - s.t_start > request_timeout_s]:
                     finish(fd, errors.CONNECT_TIMEOUT if slots[fd].connecting else errors.TIMEOUT)
                     begin()
     finally:

@@ -31,7 +31,8 @@ from loadgen.precise_timer import PreciseTimer
 # 64 KiB: a 256 KiB buffer per recv() costs page faults and ~10 us of system time each, which
 # made the load generator, not the server, the bottleneck.
 RECV_SIZE = 65536
-# A request that waits this long for its echo is counted as timed out and its connection closed.
+# A request that waits this long for its echo is counted as timed out and its connection closed
+# (wrk's default --timeout); `--request-timeout` changes it.
 REQUEST_TIMEOUT_S = 2.0
 _IN, _OUT, _GONE = select.EPOLLIN, select.EPOLLOUT, select.EPOLLERR | select.EPOLLHUP | select.EPOLLRDHUP
 
@@ -86,6 +87,7 @@ def run_request_loop(
     start_at: float,
     rate: float | None = None,
     idle: list[socket.socket] | None = None,
+    request_timeout_s: float = REQUEST_TIMEOUT_S,
 ) -> LoopResult:
     """Drive `sockets` (closed loop, or open loop at `rate` req/s over all of them) while
     holding `idle` open; return what completed inside `window`."""
@@ -145,7 +147,7 @@ def run_request_loop(
             ep.modify(conn.fd, _IN | (_OUT if want_write else 0))
 
     def expire_stuck(now: float) -> None:
-        for conn in [c for c in conns.values() if c.fd not in waiting and now - c.t_send > REQUEST_TIMEOUT_S]:
+        for conn in [c for c in conns.values() if c.fd not in waiting and now - c.t_send > request_timeout_s]:
             fail(conn, errors.TIMEOUT)
 
     waiting: set[int] = set()

@@ -194,6 +194,9 @@ def test_sigint_keeps_measured_rows_and_leaves_no_process(tmp_path):
         (["run", "--duration", "nan"], "--duration must be a finite number > 0"),
         (["run", "--workload", "open", "--rate", "inf"], "--rate must be a finite number"),
         (["run", "--server-cpus", "99", "--client-cpus", "0"], "--server-cpus must name CPUs"),
+        (["run", "--server-workers", "0"], "--server-workers takes 'auto' or an integer >= 1"),
+        (["run", "--request-timeout", "0"], "--request-timeout must be a finite number > 0"),
+        (["run", "--engine", "nosuch"], "invalid choice"),
         (["report", "/nonexistent/run"], "not a run directory"),
     ],
 )

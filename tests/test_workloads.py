@@ -7,6 +7,8 @@ import socket
 import pytest
 from bench_cli import only_run_dir, read_points, run_bench
 
+from bench.point import PointSpec, round_time_note
+from bench.sweep import auto_server_workers
 from loadgen.connect import open_connections
 from loadgen.source_addresses import PER_ADDRESS, addresses_needed, source_address
 
@@ -89,7 +91,9 @@ def test_server_workers_share_the_port(tmp_path, engine):
 
 @pytest.mark.timeout(60)
 def test_preflight_skips_what_cannot_run_with_an_actionable_reason(tmp_path):
-    rows = _run(tmp_path, "--models", "fork,epoll", "--connections", "12,25000", "--fork-cap", "5")
+    rows = _run(
+        tmp_path, "--models", "fork,epoll", "--connections", "12,25000", "--fork-cap", "5", "--server-workers", "1"
+    )
     by_key = {(r["model"], int(r["connections"])): r for r in rows}
     assert by_key[("fork", 12)]["status"] == "skipped"
     assert "fork cap of 5" in by_key[("fork", 12)]["reason"] and "--fork-cap" in by_key[("fork", 12)]["reason"]
@@ -160,3 +164,41 @@ def test_precise_timer_wakes_epoll_at_its_time_not_before():
     finally:
         ep.close()
         timer.close()
+
+
+def test_round_time_note_explains_closed_loop_timeouts_by_littles_law():
+    spec = PointSpec("epoll", 250_000, 64, 0, request_timeout_s=2.0)
+    note = round_time_note(spec, requests=137_504, duration_s=2.0, timeouts=68_752)
+    assert "68,752 requests timed out" in note and "at least 125,000 req/s" in note
+    assert "68,752 req/s completed, a round of 3.6 s" in note
+    none_completed = round_time_note(spec, requests=0, duration_s=2.0, timeouts=5)
+    assert "at least 125,000 req/s" in none_completed and "completed" not in none_completed
+    # Short rounds: the timeouts have another cause; no timeouts, or an open loop: nothing to explain.
+    assert round_time_note(PointSpec("epoll", 100, 64, 0), 100_000, 1.0, 3) is None
+    assert round_time_note(spec, 137_504, 2.0, 0) is None
+    assert round_time_note(PointSpec("epoll", 250_000, 64, 0, workload="open", rate=1e5), 0, 2.0, 9) is None
+
+
+@pytest.mark.timeout(120)
+def test_by_default_a_point_gets_the_server_workers_its_descriptors_need(tmp_path):
+    (row,) = _run(tmp_path, "--models", "epoll", "--connections", "25000")
+    assert row["status"] == "ok", row
+    assert row["server_workers"] == "2" and int(row["server_processes"]) == 2
+    assert int(row["connected"]) == 25000 and int(row["errors"]) == 0
+
+
+def test_server_workers_follow_the_descriptor_limit():
+    assert auto_server_workers("epoll", 100, nofile=20000) == 1
+    assert auto_server_workers("epoll", 100_000, nofile=20000) == 6
+    assert auto_server_workers("epoll", 1_000_000, nofile=20000) == 51
+    # A model that cannot share its port stays at one process (preflight then says why).
+    assert auto_server_workers("threads", 100_000, nofile=20000) == 1
+
+
+@pytest.mark.timeout(120)
+def test_closed_loop_timeouts_come_with_their_explanation(tmp_path, engine):
+    (row,) = _run(
+        tmp_path, "--engine", engine, "--models", "poll", "--connections", "1500", "--request-timeout", "0.0005"
+    )
+    assert "timeout=" in row["error_kinds"]
+    assert "Little's law" in row["reason"] and "--request-timeout" in row["reason"]
