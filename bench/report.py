@@ -73,6 +73,7 @@ def findings(df: pd.DataFrame, meta: dict[str, Any]) -> list[str]:
             if len(at) > 2:
                 text += f"; {at.index[-1]} is last ({_num(at.iloc[-1])})"
             out.append(text + ".")
+    out.extend(baseline_findings(ok[ok["workload"] == "closed"]))
     failed = df[df["status"] == "failed"]
     for model, rows in failed.groupby("model"):
         first = rows.sort_values("connections").iloc[0]
@@ -97,6 +98,57 @@ def findings(df: pd.DataFrame, meta: dict[str, Any]) -> list[str]:
                 f"{disturbed.iloc[0]['disturbed']})."
             )
     out.extend(meta.get("summary", {}).get("warnings", []))
+    return out
+
+
+BASELINE = "native"
+# A server at or above this share of its CPUs through the window was saturated.
+SATURATED_PCT = 90.0
+
+
+def baseline_findings(closed: pd.DataFrame) -> list[str]:
+    """Where a Python model out-ran the C baseline (native) in the closed loop, say so and why,
+    with the numbers: native's server not saturated (then the load generator, or the pair of
+    processes on a small host, set the pace), or a difference inside the repeats' spread."""
+    out: list[str] = []
+    if closed.empty or BASELINE not in set(closed["model"]):
+        return out
+    for level, rows in closed.groupby("connections"):
+        by_model = rows.groupby("model")
+        rps = by_model["rps"].median()
+        if BASELINE not in rps.index:
+            continue
+        native = rps[BASELINE]
+        ahead = rps[rps > native].sort_values(ascending=False)
+        if ahead.empty:
+            continue
+        server_pct = by_model["server_cpu_pct"].median()
+        client_pct = by_model["client_cpu_pct"].median()
+        repeats = int(by_model.size().max())
+        names = ", ".join(f"{m} ({_num(v)} req/s)" for m, v in ahead.items())
+        text = f"At {int(level):,} connections {names} out-ran the C baseline native ({_num(native)} req/s)"
+        why = []
+        if pd.notna(server_pct.get(BASELINE)) and server_pct[BASELINE] < SATURATED_PCT:
+            why.append(
+                f"native's server used {server_pct[BASELINE]:.0f}% of its CPU while the load workers used "
+                f"{client_pct.get(BASELINE, float('nan')):.0f}% of theirs, so the load generator and the kernel's "
+                "loopback work, not the server, set its pace"
+            )
+        low, high = by_model["rps"].min(), by_model["rps"].max()
+        top = ahead.index[0]
+        if repeats < 2:
+            why.append("each figure comes from one repeat (use --repeats 3 or more to tell a difference from noise)")
+        elif low[top] <= high[BASELINE]:
+            why.append(
+                f"the repeats overlap ({top} {_num(low[top])}-{_num(high[top])}, native "
+                f"{_num(low[BASELINE])}-{_num(high[BASELINE])} req/s): the difference is within the noise"
+            )
+        if not why:
+            why.append(
+                f"native's server was saturated ({server_pct[BASELINE]:.0f}% CPU) and still slower: look at "
+                "CPU per request and context switches per request in the table"
+            )
+        out.append(f"{text}: {'; '.join(why)}.")
     return out
 
 
