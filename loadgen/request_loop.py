@@ -34,6 +34,7 @@ RECV_SIZE = 65536
 # A request that waits this long for its echo is counted as timed out and its connection closed
 # (wrk's default --timeout); `--request-timeout` changes it.
 REQUEST_TIMEOUT_S = 2.0
+RAMP_MAX_S = 1.0
 _IN, _OUT, _GONE = select.EPOLLIN, select.EPOLLOUT, select.EPOLLERR | select.EPOLLHUP | select.EPOLLRDHUP
 
 
@@ -155,12 +156,13 @@ def run_request_loop(
     # The loop makes no reference cycles; a collector pass would be a pause charged to the server.
     gc.disable()
     first = clock()
+    # The first sends are staggered: over one interval in the open loop; over the ramp in the
+    # closed loop, so that thousands of connections do not all send at the same instant and
+    # charge the warm-up's first round of a cold server (accepts, first buffers) to a few.
+    spread = interval if rate else closed_loop_ramp(start_at, window.start)
     for i, conn in enumerate(list(conns.values())):
-        if rate:
-            heapq.heappush(due, (first + interval * i / len(sockets), conn.fd))
-            waiting.add(conn.fd)
-        else:
-            send_next(conn, first)
+        heapq.heappush(due, (first + spread * i / len(sockets), conn.fd))
+        waiting.add(conn.fd)
 
     usage_start = None
     measured_start = None
@@ -270,6 +272,12 @@ def run_request_loop(
         live_connections=live,
         sent_in_window=sent_in_window,
     )
+
+
+def closed_loop_ramp(start_at: float, window_start: float) -> float:
+    """Seconds over which a closed loop's first sends are spread: half the warm-up, at most
+    RAMP_MAX_S, none without a warm-up (the compiled worker does the same)."""
+    return min(max((window_start - start_at) / 2, 0.0), RAMP_MAX_S)
 
 
 def _histogram(counts: Counter) -> HdrHistogram:

@@ -56,6 +56,7 @@
 #define NS 1000000000LL
 #define HIST_MAX_US 60000000LL
 #define PATTERN_MAX 65536
+#define RAMP_MAX_NS 1000000000LL
 
 enum kind { CONNECT_REFUSED, CONNECT_TIMEOUT, CONNECT_OTHER, RESET, SHORT_READ, MISMATCH, TIMEOUT, NKINDS };
 static const char *const kind_name[NKINDS] = {"connect_refused", "connect_timeout", "connect_error", "reset",
@@ -843,32 +844,37 @@ static long expire_stuck(int64_t now)
     return live;
 }
 
+/* The closed loop's ramp: half the warm-up, at most RAMP_MAX_NS (none without a warm-up). */
+static int64_t ramp_ns(int64_t start_at)
+{
+    int64_t ramp = (win.start - start_at) / 2;
+    return ramp < 0 ? 0 : ramp > RAMP_MAX_NS ? RAMP_MAX_NS : ramp;
+}
+
 static long request_loop(int64_t start_at)
 {
     for (long i = 0; i < nconns; i++) {
         conns[i].id = (uint32_t)(opt.first_index + i);
         watch(EPOLL_CTL_ADD, conns[i].fd, i < nactive ? EPOLLIN : EPOLLIN | EPOLLRDHUP, (uint32_t)i);
     }
-    if (opt.workload == OPEN) {
-        heap = calloc((size_t)(nactive ? nactive : 1), sizeof *heap);
-        if (!heap)
-            fail_errno("calloc");
+    heap = calloc((size_t)(nactive ? nactive : 1), sizeof *heap);
+    if (!heap)
+        fail_errno("calloc");
+    timer_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+    if (timer_fd < 0)
+        fail_errno("timerfd_create");
+    watch(EPOLL_CTL_ADD, timer_fd, EPOLLIN, TIMER_INDEX);
+    if (opt.workload == OPEN)
         interval_ns = (int64_t)((double)nactive / opt.rate * NS);
-        timer_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
-        if (timer_fd < 0)
-            fail_errno("timerfd_create");
-        watch(EPOLL_CTL_ADD, timer_fd, EPOLLIN, TIMER_INDEX);
-    }
     sleep_until(start_at);
     int64_t first = now_ns();
+    /* The first sends are staggered: over one interval in the open loop; over the ramp in the
+     * closed loop, so that thousands of connections do not all send at the same instant and
+     * charge the warm-up's first round of a cold server (accepts, first buffers) to a few. */
+    int64_t spread = opt.workload == OPEN ? interval_ns : ramp_ns(start_at);
     for (long i = 0; i < nactive; i++) {
-        if (opt.workload == OPEN) {
-            /* Staggered over one interval, so the connections do not send in bursts. */
-            conns[i].waiting = 1;
-            heap_push(first + interval_ns * i / nactive, (uint32_t)i);
-        } else {
-            send_next(&conns[i], first, first);
-        }
+        conns[i].waiting = 1;
+        heap_push(first + spread * i / nactive, (uint32_t)i);
     }
     static struct epoll_event events[MAX_EVENTS];
     int64_t last_scan = first;
