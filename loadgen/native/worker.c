@@ -479,7 +479,7 @@ static void connect_all(struct hist *h, double *seconds)
     if (!conns)
         fail_errno("calloc");
     int64_t started = now_ns(), timeout = (int64_t)(opt.connect_timeout_s * NS);
-    long launched = 0, in_flight = 0, finished = 0;
+    long launched = 0, in_flight = 0, finished = 0, oldest = 0;
     static struct epoll_event events[MAX_EVENTS];
     while (finished < want) {
         while (launched < want && in_flight < CONNECT_IN_FLIGHT) {
@@ -528,8 +528,12 @@ static void connect_all(struct hist *h, double *seconds)
             connected++;
         }
         int64_t now = now_ns();
+        /* Connects finish roughly in launch order: those before `oldest` are all done, so the
+         * scan for stale ones covers about the connects in flight, not every one launched. */
+        while (oldest < launched && (conns[oldest].fd < 0 || !conns[oldest].t_connect))
+            oldest++;
         if (in_flight) {
-            for (long i = 0; i < launched; i++) {
+            for (long i = oldest; i < launched; i++) {
                 struct conn *c = &conns[i];
                 if (c->fd >= 0 && c->t_connect && now - c->t_connect > timeout) {
                     close_fd(c->fd);
