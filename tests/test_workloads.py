@@ -10,7 +10,7 @@ from bench_cli import only_run_dir, read_points, run_bench
 from bench.point import PointSpec, round_time_note
 from bench.sweep import auto_server_workers
 from loadgen.connect import open_connections
-from loadgen.source_addresses import PER_ADDRESS, addresses_needed, source_address
+from loadgen.source_addresses import PER_ADDRESS, addresses_needed, per_address, source_address
 
 
 def _run(tmp_path, *args: str, timeout: float = 120) -> list[dict[str, str]]:
@@ -185,6 +185,9 @@ def test_by_default_a_point_gets_the_server_workers_its_descriptors_need(tmp_pat
     assert row["status"] == "ok", row
     assert row["server_workers"] == "2" and int(row["server_processes"]) == 2
     assert int(row["connected"]) == 25000 and int(row["errors"]) == 0
+    # Two sockets, two files and an epoll item per loopback connection: kilobytes of slab.
+    assert 1000 < float(row["kernel_mem_per_conn_bytes"]) < 100_000
+    assert 0 < float(row["client_mem_per_conn_bytes"]) < float(row["client_rss_bytes"])
 
 
 def test_server_workers_follow_the_descriptor_limit():
@@ -202,3 +205,9 @@ def test_closed_loop_timeouts_come_with_their_explanation(tmp_path, engine):
     )
     assert "timeout=" in row["error_kinds"]
     assert "Little's law" in row["reason"] and "--request-timeout" in row["reason"]
+
+
+def test_a_source_address_takes_well_under_half_the_port_range():
+    # connect() searches one port parity first: past half the range every connect scans it all.
+    assert per_address(28_232) == 9_881 and per_address(28_232) < 28_232 // 2
+    assert per_address(200_000) == 10_000 and per_address(10) == 3 and per_address(1) == 1
