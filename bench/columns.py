@@ -75,6 +75,10 @@ POINT_COLUMNS = [
     "repeats_ok",
     # Issue 7: which load engine measured the point.
     "engine",
+    # Issue 10: memory per connection on the client side and in the kernel.
+    "client_rss_bytes",
+    "client_mem_per_conn_bytes",
+    "kernel_mem_per_conn_bytes",
 ]
 
 STATUS_OK = "ok"

@@ -76,6 +76,8 @@ class LoadResult:
     histograms: list[str]
     uncorrected: list[str]
     connect_histograms: list[str]
+    # Peak resident memory of the load processes, summed (bytes); None when not reported.
+    rss_bytes: int | None = None
 
     @property
     def duration_s(self) -> float:
@@ -218,6 +220,9 @@ class LoadWorkers:
             histograms=[m["histogram"] for m in messages],
             uncorrected=[m["uncorrected"] for m in messages if m.get("uncorrected")],
             connect_histograms=[m["connect_histogram"] for m in messages],
+            rss_bytes=sum(m["max_rss_bytes"] for m in messages)
+            if all("max_rss_bytes" in m for m in messages)
+            else None,
         )
 
     def pids(self) -> list[int]:

@@ -20,7 +20,7 @@ from bench.interference import HostSnapshot, Interference, compare, snapshot, wa
 from bench.load_workers import LoadPlan, LoadResult
 from bench.preflight import preflight
 from bench.results_store import now_iso
-from bench.sampler import TreeSample, TreeSampler, WindowUsage, sample_tree
+from bench.sampler import TreeSample, TreeSampler, WindowUsage, kernel_slab_bytes, sample_tree
 from bench.server_control import ExternalServer, ServerUnderTest
 from loadgen.histogram import encode, merge, summarize
 
@@ -30,6 +30,9 @@ SAMPLE_INTERVAL_S = 1.0
 # A worker busy this share of a CPU or more through the window was the limit, not the server.
 CLIENT_BOUND_SHARE = 0.9
 MIN_CONNECTIONS_FOR_MEMORY = 50
+# Slab moves by megabytes on its own (other tenants, reclaim): a per-connection figure from its
+# difference needs thousands of connections to mean anything.
+MIN_CONNECTIONS_FOR_KERNEL_MEMORY = 5000
 
 
 @dataclass(frozen=True)
@@ -142,6 +145,7 @@ def _measure(
             locust_ui=spec.locust_ui, locust_remote_workers=spec.locust_remote_workers,
         )  # fmt: skip
         row["client_workers"] = load.workers
+        slab_before = kernel_slab_bytes()
         load.start()
         for note in load.notes:
             print(note, flush=True)
@@ -149,6 +153,7 @@ def _measure(
         connect_timeout = 30 + (spec.connections + spec.idle) / 200 + load.extra_connect_timeout_s
         connect = load.wait_connected(timeout=connect_timeout)
         row.update(connected=connect.connected, connect_s=connect.seconds)
+        _fill_kernel_memory(row, connect.connected, slab_before, kernel_slab_bytes())
         row["connect_errors"] = sum(connect.errors.values())
         histograms["connect"] = connect.histogram
         if (reason := server.failure()) is not None:
@@ -156,6 +161,7 @@ def _measure(
         window = load.schedule(timing.warmup_s, timing.duration_s)
         usage, host = _watch_window(server, window)
         result = load.collect(timeout=max(window[1] - time.monotonic(), 0) + 15)
+        _fill_client_memory(row, spec, result.rss_bytes)
         histograms["latency"] = encode(merge(result.histograms))
         if result.uncorrected:
             histograms["latency_uncorrected"] = encode(merge(result.uncorrected))
@@ -249,6 +255,22 @@ def _fill_costs(row: dict, spec: PointSpec, requests: int, usage: WindowUsage, b
     enough = held >= MIN_CONNECTIONS_FOR_MEMORY
     if spec.workload != "churn" and enough and usage.uss_bytes is not None and baseline and baseline.uss_bytes:
         row["mem_per_conn_bytes"] = (usage.uss_bytes - baseline.uss_bytes) / held
+
+
+def _fill_kernel_memory(row: dict, connected: int, before: int | None, after: int | None) -> None:
+    """Kernel slab memory per loopback connection (both ends' sockets, files and epoll items),
+    from /proc/meminfo's Slab across the connect phase."""
+    if before is not None and after is not None and connected >= MIN_CONNECTIONS_FOR_KERNEL_MEMORY:
+        row["kernel_mem_per_conn_bytes"] = (after - before) / connected
+
+
+def _fill_client_memory(row: dict, spec: PointSpec, rss: int | None) -> None:
+    """The load processes' peak RSS, as each reported it; per connection it includes each
+    worker's fixed cost (for the Python engine, an interpreter), so it is an upper bound."""
+    row["client_rss_bytes"] = rss
+    held = spec.connections + spec.idle
+    if rss is not None and spec.workload != "churn" and held >= MIN_CONNECTIONS_FOR_MEMORY:
+        row["client_mem_per_conn_bytes"] = rss / held
 
 
 def _fill_host(row: dict, host: Interference, steal_only: bool = False) -> None:

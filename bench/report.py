@@ -35,7 +35,8 @@ TABLE_COLUMNS = [
     "model", "workload", "connections", "idle", "payload", "target_rate", "repeat", "status", "reason", "rps",
     "rps_median",
     "rps_ci_low", "rps_ci_high", "p50_us", "p99_us", "p999_us", "cpu_us_per_req", "mem_per_conn_bytes",
-    "ctx_per_req", "softirq_pct", "client_cpu_pct", "client_bound", "disturbed", "errors",
+    "client_mem_per_conn_bytes", "kernel_mem_per_conn_bytes", "ctx_per_req", "softirq_pct", "client_cpu_pct",
+    "client_bound", "disturbed", "errors",
 ]  # fmt: skip
 TEXT_COLUMNS = {"model", "workload", "status", "reason", "disturbed", "client_bound"}
 SYSCALLS_FILE = "syscalls.csv"

@@ -146,3 +146,16 @@ def _growth(first: int, last: int) -> int | None:
     """A counter's increase over the window, or None when it shrank: threads or children that
     ended took their counts with them, so the difference would be a wrong number."""
     return last - first if last >= first else None
+
+
+def kernel_slab_bytes(meminfo: str = "/proc/meminfo") -> int | None:
+    """The kernel's slab memory (`Slab:` of /proc/meminfo, man 5 proc), in bytes: where socket,
+    file, dentry and epoll structures live; None where it cannot be read."""
+    try:
+        with open(meminfo) as fh:
+            for line in fh:
+                if line.startswith("Slab:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None

@@ -6,6 +6,7 @@ Speaks the protocol of loadgen.control on stdin/stdout; the harness (bench) is i
 from __future__ import annotations
 
 import argparse
+import resource
 import sys
 
 from bench.child import die_with_parent, parse_cpus, pin_to_cpus
@@ -89,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
             "cpu_user_s": result.cpu_user_s,
             "cpu_sys_s": result.cpu_sys_s,
             "live_connections": result.live_connections,
+            # ru_maxrss is in KiB on Linux (getrusage(2)).
+            "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             "histogram": encode(result.histogram),
             "uncorrected": encode(result.uncorrected) if result.uncorrected is not None else "",
             "connect_histogram": encode(result.connect_histogram or new_histogram()),

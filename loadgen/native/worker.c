@@ -1130,6 +1130,8 @@ int main(int argc, char **argv)
     printf(",\"cpu_user_s\":%.6f,\"cpu_sys_s\":%.6f,\"live_connections\":%ld",
            seconds_of(&win.usage_end.ru_utime) - seconds_of(&win.usage_start.ru_utime),
            seconds_of(&win.usage_end.ru_stime) - seconds_of(&win.usage_start.ru_stime), live);
+    /* Peak resident memory; ru_maxrss counts KiB on Linux (getrusage(2)). */
+    printf(",\"max_rss_bytes\":%lld", (long long)win.usage_end.ru_maxrss * 1024);
     put_errors();
     put_hist("histogram_counts", win.corrected);
     if (win.uncorrected)
