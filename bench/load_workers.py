@@ -221,7 +221,7 @@ class LoadWorkers:
             uncorrected=[m["uncorrected"] for m in messages if m.get("uncorrected")],
             connect_histograms=[m["connect_histogram"] for m in messages],
             rss_bytes=sum(m["max_rss_bytes"] for m in messages)
-            if all("max_rss_bytes" in m for m in messages)
+            if all(m.get("max_rss_bytes", -1) >= 0 for m in messages)
             else None,
         )
 

@@ -6,7 +6,6 @@ Speaks the protocol of loadgen.control on stdin/stdout; the harness (bench) is i
 from __future__ import annotations
 
 import argparse
-import resource
 import sys
 
 from bench.child import die_with_parent, parse_cpus, pin_to_cpus
@@ -90,14 +89,26 @@ def main(argv: list[str] | None = None) -> int:
             "cpu_user_s": result.cpu_user_s,
             "cpu_sys_s": result.cpu_sys_s,
             "live_connections": result.live_connections,
-            # ru_maxrss is in KiB on Linux (getrusage(2)).
-            "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "max_rss_bytes": peak_rss_bytes(),
             "histogram": encode(result.histogram),
             "uncorrected": encode(result.uncorrected) if result.uncorrected is not None else "",
             "connect_histogram": encode(result.connect_histogram or new_histogram()),
         }
     )
     return 0
+
+
+def peak_rss_bytes() -> int:
+    """VmHWM of /proc/self/status (proc(5)), in bytes; -1 when unreadable. Not ru_maxrss, which
+    keeps the peak of the process this one was forked from."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return -1
 
 
 def _close(conn: ConnectResult) -> None:
