@@ -154,6 +154,9 @@ def _measure(
         connect = load.wait_connected(timeout=connect_timeout)
         row.update(connected=connect.connected, connect_s=connect.seconds)
         _fill_kernel_memory(row, connect.connected, slab_before, kernel_slab_bytes())
+        # Descriptors are counted here, before the window, where listing a million of them
+        # costs the load generator nothing it is measured on.
+        held = sample_tree(server.pid, with_fds=True) if server.pid else None
         row["connect_errors"] = sum(connect.errors.values())
         histograms["connect"] = connect.histogram
         if (reason := server.failure()) is not None:
@@ -168,6 +171,8 @@ def _measure(
         if spec.workload == "churn":
             histograms["connect"] = encode(merge(result.connect_histograms))
         _fill_measurements(row, spec, result, usage, connect.errors, len(pinning.server))
+        if held is not None and usage is not None:
+            row["server_fds"] = max(usage.peak_fds, held.fds)
         server_cpu = usage.cpu_user_s + usage.cpu_sys_s if usage is not None else 0.0
         interference = compare(host[0], host[1], server_cpu + result.cpu_s)
         if usage is not None:

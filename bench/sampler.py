@@ -1,8 +1,11 @@
 """Resource use of the server's process tree, read with psutil.
 
-CPU is taken as two snapshots bracketing the measured window; memory, threads and
-descriptors are sampled through it and their peaks kept. Children that have already been
-reaped still count, through the parent's children_user/children_system times.
+CPU is taken as two snapshots bracketing the measured window; memory and threads are sampled
+through it and their peaks kept. The costly readings run only at the window's ends, because
+they run on the load generator's CPUs and, at a million connections, take seconds: context
+switches (every thread's status) at both ends, descriptors (listing /proc/PID/fd) and USS
+(smaps) at the end. Children that have already been reaped still count, through the parent's
+children_user/children_system times.
 """
 
 from __future__ import annotations
@@ -51,10 +54,13 @@ def thread_ctx_switches(pid: int) -> tuple[int, int]:
     return vol, invol
 
 
-def sample_tree(pid: int, with_uss: bool = False) -> TreeSample | None:
-    """One reading of the tree; `with_uss` adds the costlier readings, taken only at the
-    window's ends: unique set size (reads smaps; summed over a forked tree it counts shared
-    pages once, where RSS would count them per child) and every thread's context switches."""
+def sample_tree(pid: int, with_uss: bool = False, with_ctx: bool = False, with_fds: bool = False) -> TreeSample | None:
+    """One reading of the tree, timed at its middle (the processes are read one after another).
+
+    `with_uss` adds the unique set size (reads smaps; summed over a forked tree it counts shared
+    pages once, where RSS would count them per child), `with_ctx` every thread's context
+    switches, `with_fds` the open descriptors."""
+    started = time.monotonic()
     try:
         root = psutil.Process(pid)
         procs = [root, *root.children(recursive=True)]
@@ -71,16 +77,19 @@ def sample_tree(pid: int, with_uss: bool = False) -> TreeSample | None:
                 sys_ += times.system + times.children_system
                 rss += proc.memory_info().rss
                 threads += proc.num_threads()
-                fds += proc.num_fds()
-                if with_uss:
+                if with_fds:
+                    fds += proc.num_fds()
+                if with_ctx:
                     v, i = thread_ctx_switches(proc.pid)
                     vol += v
                     invol += i
+                if with_uss:
                     uss += proc.memory_full_info().uss
                 alive += 1
         except psutil.Error:
             continue
-    return TreeSample(time.monotonic(), user, sys_, rss, threads, fds, alive, vol, invol, uss if with_uss else None)
+    at = (started + time.monotonic()) / 2
+    return TreeSample(at, user, sys_, rss, threads, fds, alive, vol, invol, uss if with_uss else None)
 
 
 @dataclass
@@ -106,8 +115,8 @@ class TreeSampler:
         self.last: TreeSample | None = None
         self.peaks = [0, 0, 0, 0]
 
-    def _take(self, with_uss: bool = False) -> TreeSample | None:
-        sample = sample_tree(self.pid, with_uss)
+    def _take(self, **costly: bool) -> TreeSample | None:
+        sample = sample_tree(self.pid, **costly)
         if sample is not None:
             self.peaks = [
                 max(self.peaks[0], sample.rss_bytes),
@@ -119,13 +128,13 @@ class TreeSampler:
         return sample
 
     def begin(self) -> None:
-        self.first = self._take(with_uss=True)
+        self.first = self._take(with_ctx=True)
 
     def tick(self) -> None:
         self._take()
 
     def end(self) -> WindowUsage | None:
-        self._take(with_uss=True)
+        self._take(with_uss=True, with_ctx=True, with_fds=True)
         if self.first is None or self.last is None or self.last is self.first:
             return None
         return WindowUsage(
