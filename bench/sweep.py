@@ -54,12 +54,18 @@ class RunConfig:
         return d
 
 
+# SO_REUSEPORT spreads connections over the listeners by a hash of the 4-tuple, not evenly:
+# each process is filled to this share of its descriptors on average. At 1.2M connections over
+# 61 processes filled to 99%, one got past 20,000 and died with EMFILE (2026-11-30).
+REUSEPORT_FILL = 0.9
+
+
 def auto_server_workers(model: str, held: int, nofile: int | None = None) -> int:
     """Server processes for a point holding `held` connections: one, or, for a model that can
     share its port (SO_REUSEPORT), as many as RLIMIT_NOFILE (`nofile`, default this process's,
     which the server inherits) requires. A model that cannot is left at one: preflight then
     skips the point with the reason."""
-    limit = (nofile if nofile is not None else nofile_limit()) - SERVER_FD_MARGIN
+    limit = int(((nofile if nofile is not None else nofile_limit()) - SERVER_FD_MARGIN) * REUSEPORT_FILL)
     needed = max(1, -(-held // max(limit, 1)))
     if needed == 1:
         return 1
