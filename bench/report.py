@@ -109,8 +109,10 @@ SATURATED_PCT = 90.0
 
 def baseline_findings(closed: pd.DataFrame) -> list[str]:
     """Where a Python model out-ran the C baseline (native) in the closed loop, say so and why,
-    with the numbers: native's server not saturated (then the load generator, or the pair of
-    processes on a small host, set the pace), or a difference inside the repeats' spread."""
+    with the numbers: the faster model bought its rate with CPU native left idle (busy polling);
+    native's server not saturated (the load generator set its pace); both native's server and
+    its load worker saturated (the pair of processes, on a small host, was the limit); or a
+    difference inside the repeats' spread, or from one repeat."""
     out: list[str] = []
     if closed.empty or BASELINE not in set(closed["model"]):
         return out
@@ -123,20 +125,40 @@ def baseline_findings(closed: pd.DataFrame) -> list[str]:
         ahead = rps[rps > native].sort_values(ascending=False)
         if ahead.empty:
             continue
-        server_pct = by_model["server_cpu_pct"].median()
-        client_pct = by_model["client_cpu_pct"].median()
-        repeats = int(by_model.size().max())
+        med = {c: by_model[c].median() for c in ("server_cpu_pct", "client_cpu_pct", "cpu_us_per_req", "p50_us")}
+        server, client = med["server_cpu_pct"], med["client_cpu_pct"]
+        top = ahead.index[0]
         names = ", ".join(f"{m} ({_num(v)} req/s)" for m, v in ahead.items())
-        text = f"At {int(level):,} connections {names} out-ran the C baseline native ({_num(native)} req/s)"
+        noun = "connection" if level == 1 else "connections"
+        text = f"At {int(level):,} {noun} {names} out-ran the C baseline native ({_num(native)} req/s)"
         why = []
-        if pd.notna(server_pct.get(BASELINE)) and server_pct[BASELINE] < SATURATED_PCT:
+        native_busy, top_busy = server.get(BASELINE), server.get(top)
+        if pd.notna(native_busy) and pd.notna(top_busy) and top_busy >= SATURATED_PCT > native_busy:
             why.append(
-                f"native's server used {server_pct[BASELINE]:.0f}% of its CPU while the load workers used "
-                f"{client_pct.get(BASELINE, float('nan')):.0f}% of theirs, so the load generator and the kernel's "
-                "loopback work, not the server, set its pace"
+                f"{top}'s server used {top_busy:.0f}% of its CPU where native's used {native_busy:.0f}%: it bought "
+                f"its rate with CPU (p50 {_num(med['p50_us'][top])} µs against {_num(med['p50_us'][BASELINE])} µs)"
+            )
+        native_client = client.get(BASELINE, float("nan"))
+        if pd.notna(native_busy) and native_busy < SATURATED_PCT and native_client < SATURATED_PCT:
+            why.append(
+                f"neither native's server ({native_busy:.0f}% CPU) nor its load workers ({native_client:.0f}%) were "
+                "busy: the round trip, with a wakeup on each side, set native's rate, not CPU"
+            )
+        elif pd.notna(native_busy) and native_busy < SATURATED_PCT:
+            why.append(
+                f"native's server used {native_busy:.0f}% of its CPU while the load workers used "
+                f"{native_client:.0f}% of theirs, so the load generator and the kernel's loopback work, not the "
+                "server, set its pace"
+            )
+        elif pd.notna(native_busy) and client.get(BASELINE, 0) >= SATURATED_PCT:
+            why.append(
+                f"native's server ({native_busy:.0f}% CPU) and its load worker ({client[BASELINE]:.0f}%) were both "
+                "saturated: the pair of processes, with the kernel's loopback work shared between them, was the "
+                f"limit, not the server alone (CPU per request: native {med['cpu_us_per_req'][BASELINE]:.1f} µs, "
+                f"{top} {med['cpu_us_per_req'][top]:.1f} µs)"
             )
         low, high = by_model["rps"].min(), by_model["rps"].max()
-        top = ahead.index[0]
+        repeats = int(by_model.size().max())
         if repeats < 2:
             why.append("each figure comes from one repeat (use --repeats 3 or more to tell a difference from noise)")
         elif low[top] <= high[BASELINE]:
@@ -146,7 +168,7 @@ def baseline_findings(closed: pd.DataFrame) -> list[str]:
             )
         if not why:
             why.append(
-                f"native's server was saturated ({server_pct[BASELINE]:.0f}% CPU) and still slower: look at "
+                f"native's server was saturated ({native_busy:.0f}% CPU) and still slower: look at "
                 "CPU per request and context switches per request in the table"
             )
         out.append(f"{text}: {'; '.join(why)}.")

@@ -9,9 +9,12 @@ from bench.report import baseline_findings
 
 def _rows(model: str, rps: list[float], server_pct: float, client_pct: float, level: int = 100) -> list[dict]:
     return [
-        {"model": model, "connections": level, "rps": r, "server_cpu_pct": server_pct, "client_cpu_pct": client_pct}
+        {
+            "model": model, "connections": level, "rps": r, "server_cpu_pct": server_pct,
+            "client_cpu_pct": client_pct, "cpu_us_per_req": 1e6 * server_pct / 100 / r, "p50_us": 1e6 * level / r,
+        }
         for r in rps
-    ]
+    ]  # fmt: skip
 
 
 def test_nothing_to_say_when_native_leads():
@@ -36,3 +39,15 @@ def test_one_repeat_is_called_one_repeat_and_a_saturated_native_points_to_the_co
     apart = pd.DataFrame(_rows("native", [100e3, 101e3], 99, 60) + _rows("epoll", [120e3, 121e3], 99, 60))
     (text,) = baseline_findings(apart)
     assert "saturated (99% CPU) and still slower" in text
+
+
+def test_busy_polling_and_a_saturated_pair_are_named_with_their_numbers():
+    spin = pd.DataFrame(_rows("native", [17_452], 38, 41, level=1) + _rows("nonblocking", [33_477], 96, 36, level=1))
+    (text,) = baseline_findings(spin)
+    assert text.startswith("At 1 connection nonblocking (33,477 req/s) out-ran")
+    assert "nonblocking's server used 96% of its CPU where native's used 38%: it bought its rate with CPU" in text
+    assert "neither native's server (38% CPU) nor its load workers (41%) were busy: the round trip" in text
+    pair = pd.DataFrame(_rows("native", [136_214], 96, 99) + _rows("uvloop", [153_468], 99, 92))
+    (text,) = baseline_findings(pair)
+    assert "native's server (96% CPU) and its load worker (99%) were both saturated" in text
+    assert "CPU per request: native 7.0 µs, uvloop 6.5 µs" in text
