@@ -23,7 +23,7 @@ from bench.pipes import MessageReader, deadline_in, remaining
 from bench.processes import spawn, terminate_tree
 from loadgen import control
 from loadgen.histogram import fold_counts, merge
-from loadgen.source_addresses import addresses_needed
+from loadgen.source_addresses import CHURN_ADDRESSES, addresses_needed
 
 # Descriptors a worker needs besides its connections: stdio, epoll, timerfd, Python's own.
 WORKER_FD_MARGIN = 64
@@ -135,8 +135,12 @@ class LoadWorkers:
 
     def start(self) -> None:
         plan = self.plan
-        # Source addresses in 127.0.0.0/8 reach only a server on this host.
-        spread = addresses_needed(plan.connections + plan.idle) if is_loopback(self.host) else 1
+        # Source addresses in 127.0.0.0/8 reach only a server on this host; churn rotates over
+        # several whatever its count, for the ports its closed connections leave in TIME_WAIT.
+        spread = 1
+        if is_loopback(self.host):
+            churn = plan.workload == "churn"
+            spread = CHURN_ADDRESSES if churn else addresses_needed(plan.connections + plan.idle)
         first = 0
         for wid, (active, idle) in enumerate(zip(self.active, self.idle, strict=True)):
             args = ["--host", self.host, "--port", str(self.port), "--workload", plan.workload]
@@ -204,6 +208,7 @@ class LoadWorkers:
 
     def collect(self, timeout: float) -> LoadResult:
         messages = self._await("result", timeout)
+        measured = [m for m in messages if m["window_end"] > m["window_start"]] or messages
         errors: Counter = Counter()
         for m in messages:
             errors.update(m["errors"])
@@ -212,8 +217,10 @@ class LoadWorkers:
             requests=sum(m["requests"] for m in messages),
             sent_in_window=sum(m["sent_in_window"] for m in messages),
             errors=errors,
-            window_start=min(m["window_start"] for m in messages),
-            window_end=max(m["window_end"] for m in messages),
+            # A worker whose connections all died before the window reports an empty one at
+            # that moment; it must not stretch the others' window back into the warm-up.
+            window_start=min(m["window_start"] for m in measured),
+            window_end=max(m["window_end"] for m in measured),
             cpu_s=sum(worker_cpu),
             worker_cpu_s=worker_cpu,
             live_connections=sum(m["live_connections"] for m in messages),

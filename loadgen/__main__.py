@@ -63,7 +63,15 @@ def main(argv: list[str] | None = None) -> int:
     if churn:
         start_at = schedule["start_at"]
         result = run_churn(
-            args.host, args.port, args.connections, args.payload, window, start_at, args.worker_id, args.request_timeout
+            args.host,
+            args.port,
+            args.connections,
+            args.payload,
+            window,
+            start_at,
+            args.worker_id,
+            args.request_timeout,
+            args.spread,
         )
     else:
         active, idle = conn.sockets[: args.connections], conn.sockets[args.connections :]

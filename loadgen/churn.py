@@ -17,11 +17,8 @@ from collections import Counter
 from loadgen import errors
 from loadgen.histogram import new_histogram, record_counts
 from loadgen.request_loop import RECV_SIZE, REQUEST_TIMEOUT_S, LoopResult, Window, _wait_until, make_payload
-from loadgen.source_addresses import bind_source, source_address
+from loadgen.source_addresses import CHURN_ADDRESSES, bind_source, source_address
 
-# Source addresses churn rotates through: ports of closed connections sit in TIME_WAIT for a
-# minute, so a few thousand cycles per second need several addresses' worth of ports.
-CHURN_ADDRESSES = 32
 _IN, _OUT = select.EPOLLIN, select.EPOLLOUT
 
 
@@ -38,7 +35,10 @@ def run_churn(
     start_at: float,
     worker_id: int = 0,
     request_timeout_s: float = REQUEST_TIMEOUT_S,
+    spread: int = CHURN_ADDRESSES,
 ) -> LoopResult:
+    """`concurrency` slots connecting, sending one request and closing, again and again; source
+    addresses rotate over `spread` (1: the kernel's choice, for a server on another host)."""
     ep = select.epoll()
     slots: dict[int, _Slot] = {}
     cycle_us: Counter = Counter()
@@ -47,23 +47,28 @@ def run_churn(
     clock = time.monotonic
     cycles = 0
     started = 0
+    # Slots whose start failed before connect() was under way: started again at the next
+    # timeout scan, not at once, which would spin on a lasting error (out of descriptors).
+    deferred = 0
 
     def begin() -> None:
-        nonlocal started
+        nonlocal started, deferred
         slot = _Slot()
         started += 1
         try:
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         except OSError:
             errs[errors.CONNECT_OTHER] += 1
+            deferred += 1
             return
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
-            bind_source(sock, source_address(worker_id * 7919 + started, CHURN_ADDRESSES))
+            bind_source(sock, source_address(worker_id * 7919 + started, spread))
         except OSError:
             sock.close()
             errs[errors.CONNECT_OTHER] += 1
+            deferred += 1
             return
         slot.sock = sock
         slot.payload = make_payload(payload_size, worker_id, started)
@@ -74,6 +79,7 @@ def run_churn(
         if code not in (0, errno.EINPROGRESS):
             sock.close()
             errs[errors.connect_error_kind(code)] += 1
+            deferred += 1
             return
         slots[sock.fileno()] = slot
         ep.register(sock.fileno(), _OUT)
@@ -155,6 +161,9 @@ def run_churn(
                 last_timeout_scan = now
                 for fd in [fd for fd, s in slots.items() if now - s.t_start > request_timeout_s]:
                     finish(fd, errors.CONNECT_TIMEOUT if slots[fd].connecting else errors.TIMEOUT)
+                    begin()
+                retry, deferred = deferred, 0
+                for _ in range(retry):
                     begin()
     finally:
         measured_end = clock()

@@ -37,6 +37,9 @@ def per_address(ports: int) -> int:
 
 
 PER_ADDRESS = per_address(local_port_count())
+# Source addresses churn rotates through: ports of closed connections sit in TIME_WAIT for a
+# minute, so a few thousand cycles per second need several addresses' worth of ports.
+CHURN_ADDRESSES = 32
 
 
 def addresses_needed(total_connections: int) -> int:

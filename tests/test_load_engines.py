@@ -97,6 +97,16 @@ def test_idle_connections_closed_by_the_server_are_counted(engine, start_server)
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.usefixtures("faulty_env")
+def test_a_connection_closed_between_open_loop_sends_is_a_short_read(engine, start_server):
+    server = start_server("idle-timeout")
+    # One send a second per connection: the server closes each after 0.3 s of silence.
+    _, result = drive(engine, server.port, LoadPlan("open", 2, 64, rate=2.0), warmup=0.1, duration=1.0)
+    assert sum(result.errors.values()) == 2 and set(+result.errors) <= {"short_read", "reset"}, result.errors
+    assert result.live_connections == 0
+
+
+@pytest.mark.timeout(60)
 def test_refused_connects_are_counted_by_kind(engine):
     with socket.socket() as probe:
         probe.bind((HOST, 0))
@@ -105,6 +115,8 @@ def test_refused_connects_are_counted_by_kind(engine):
     connect, result = drive(engine, port, LoadPlan("closed", 5, 64), duration=0.2)
     assert connect.connected == 0
     assert connect.errors == {"connect_refused": 5}
+    # Counted once: the result holds what happened after the connect phase.
+    assert not +result.errors
     assert result.requests == 0 and result.live_connections == 0
 
 
@@ -116,8 +128,9 @@ def test_churn_counts_cycles_and_their_connect_times(engine, start_server):
     assert result.requests > 50
     assert merge(result.connect_histograms).get_total_count() == result.requests
     cycle, connect = summarize(merge(result.histograms)), summarize(merge(result.connect_histograms))
-    # A cycle contains its connect.
-    assert connect["p50_us"] <= cycle["p50_us"]
+    # A cycle contains its connect, and the connect's clock starts before connect(), inside which
+    # loopback does most of the handshake (tens of µs, not the few µs after it returns).
+    assert 8 <= connect["p50_us"] <= cycle["p50_us"]
 
 
 def _start_worker(engine: str, port: int, *options: str) -> subprocess.Popen:

@@ -27,6 +27,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <getopt.h>
+#include <math.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sched.h>
@@ -50,9 +51,9 @@
 /* Same constants as the Python worker (loadgen/request_loop.py, connect.py, churn.py). */
 #define RECV_SIZE 65536
 #define CONNECT_IN_FLIGHT 256
-#define CHURN_ADDRESSES 32
 #define MAX_EVENTS 1024
 #define TIMEOUT_SCAN_NS 250000000LL
+#define CONNECT_SCAN_NS 50000000LL
 #define NS 1000000000LL
 #define HIST_MAX_US 60000000LL
 #define PATTERN_MAX 65536
@@ -106,8 +107,8 @@ static double parse_double(const char *text, const char *name)
     char *end;
     errno = 0;
     double v = strtod(text, &end);
-    if (errno || end == text || *end || !(v >= 0)) {
-        fprintf(stderr, "loadgen-worker: %s takes a number >= 0, not '%s'\n", name, text);
+    if (errno || end == text || *end || !(v >= 0) || isinf(v)) {
+        fprintf(stderr, "loadgen-worker: %s takes a finite number >= 0, not '%s'\n", name, text);
         exit(2);
     }
     return v;
@@ -169,8 +170,9 @@ static void die_with_parent(void)
     pid_t parent = getppid();
     if (prctl(PR_SET_PDEATHSIG, SIGTERM, 0, 0, 0) < 0)
         fail_errno("prctl(PR_SET_PDEATHSIG)");
-    /* The parent may have died before prctl took effect: we were re-parented already. */
-    if (getppid() != parent)
+    /* The parent may have died before prctl took effect: we were re-parented already (to init,
+     * or to a subreaper, either way a different process). */
+    if (getppid() != parent || parent == 1)
         exit(3);
 }
 
@@ -328,9 +330,9 @@ static void note(const char *call, int err)
  * repeated, so a misrouted or stale echo is caught. One pattern buffer serves every
  * connection; it is refilled when another (id, seq) needs it. */
 static unsigned char pattern[PATTERN_MAX + 16];
-static size_t pattern_len;
+static size_t pattern_filled; /* bytes of the pattern written for (pattern_id, pattern_seq) */
 static uint32_t pattern_id, pattern_seq;
-static int pattern_valid;
+static unsigned char stamp[16];
 
 static void put_le(unsigned char *p, uint64_t v, int bytes)
 {
@@ -338,31 +340,26 @@ static void put_le(unsigned char *p, uint64_t v, int bytes)
         p[i] = (unsigned char)(v >> (8 * i));
 }
 
-static const unsigned char *pattern_for(uint32_t id, uint32_t seq)
+/* Bytes [off, off+n) of request (id, seq), n at most PATTERN_MAX: a pointer into the pattern,
+ * written only as far as asked, so a small payload costs a few stores per request. */
+static const unsigned char *payload_at(uint32_t id, uint32_t seq, size_t off, size_t n)
 {
-    if (pattern_valid && pattern_id == id && pattern_seq == seq)
-        return pattern;
-    unsigned char stamp[16];
-    put_le(stamp, id, 4);
-    put_le(stamp + 4, seq, 4);
-    put_le(stamp + 8, 0x5EEDF00DCAFE0000ULL | (seq & 0xFFFF), 8);
-    for (size_t i = 0; i < pattern_len; i += 16)
-        memcpy(pattern + i, stamp, 16);
-    pattern_id = id, pattern_seq = seq, pattern_valid = 1;
-    return pattern;
-}
-
-/* Bytes [off, off+n) of the payload: a pointer into the pattern, n at most PATTERN_MAX. */
-static const unsigned char *payload_at(uint32_t id, uint32_t seq, size_t off)
-{
-    return pattern_for(id, seq) + off % 16;
+    if (!pattern_filled || pattern_id != id || pattern_seq != seq) {
+        put_le(stamp, id, 4);
+        put_le(stamp + 4, seq, 4);
+        put_le(stamp + 8, 0x5EEDF00DCAFE0000ULL | (seq & 0xFFFF), 8);
+        pattern_id = id, pattern_seq = seq, pattern_filled = 0;
+    }
+    for (size_t need = off % 16 + n; pattern_filled < need; pattern_filled += 16)
+        memcpy(pattern + pattern_filled, stamp, 16);
+    return pattern + off % 16;
 }
 
 static int payload_matches(uint32_t id, uint32_t seq, size_t off, const unsigned char *data, size_t n)
 {
     while (n) {
         size_t chunk = n < PATTERN_MAX ? n : PATTERN_MAX;
-        if (memcmp(data, payload_at(id, seq, off), chunk))
+        if (memcmp(data, payload_at(id, seq, off, chunk), chunk))
             return 0;
         data += chunk, off += chunk, n -= chunk;
     }
@@ -396,7 +393,7 @@ static void watch(int op, int fd, uint32_t events, uint32_t index)
  * connect() picks the port per destination), connect() started. Returns the descriptor, or
  * -1 with the error counted (and a note). *fatal is set when socket() itself failed: out of
  * descriptors, no later attempt can succeed. */
-static int start_connect(long address_index, long spread, int *fatal)
+static int start_connect(long address_index, long spread, int *fatal, int64_t *started)
 {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
@@ -422,6 +419,8 @@ static int start_connect(long address_index, long spread, int *fatal)
             goto other;
         }
     }
+    /* The clock starts before connect(): on loopback most of the handshake happens inside it. */
+    *started = now_ns();
     if (connect(fd, (struct sockaddr *)&server_addr, sizeof server_addr) < 0 && errno != EINPROGRESS) {
         int err = errno;
         if (close(fd) < 0)
@@ -480,12 +479,13 @@ static void connect_all(struct hist *h, double *seconds)
         fail_errno("calloc");
     int64_t started = now_ns(), timeout = (int64_t)(opt.connect_timeout_s * NS);
     long launched = 0, in_flight = 0, finished = 0, oldest = 0;
+    int64_t last_scan = started;
     static struct epoll_event events[MAX_EVENTS];
     while (finished < want) {
         while (launched < want && in_flight < CONNECT_IN_FLIGHT) {
             int fatal = 0;
             struct conn *c = &conns[launched];
-            c->fd = start_connect(opt.first_index + launched, opt.spread, &fatal);
+            c->fd = start_connect(opt.first_index + launched, opt.spread, &fatal, &c->t_connect);
             launched++;
             if (fatal) {
                 /* Out of descriptors: every connection not yet launched fails the same way. */
@@ -500,7 +500,6 @@ static void connect_all(struct hist *h, double *seconds)
                 finished++;
                 continue;
             }
-            c->t_connect = now_ns();
             watch(EPOLL_CTL_ADD, c->fd, EPOLLOUT, (uint32_t)(c - conns));
             in_flight++;
         }
@@ -532,7 +531,8 @@ static void connect_all(struct hist *h, double *seconds)
          * scan for stale ones covers about the connects in flight, not every one launched. */
         while (oldest < launched && (conns[oldest].fd < 0 || !conns[oldest].t_connect))
             oldest++;
-        if (in_flight) {
+        if (in_flight && now - last_scan > CONNECT_SCAN_NS) {
+            last_scan = now;
             for (long i = oldest; i < launched; i++) {
                 struct conn *c = &conns[i];
                 if (c->fd >= 0 && c->t_connect && now - c->t_connect > timeout) {
@@ -714,7 +714,7 @@ static enum io send_request(int fd, uint32_t id, uint32_t seq, size_t *sent)
         size_t n = size - *sent;
         if (n > PATTERN_MAX)
             n = PATTERN_MAX;
-        ssize_t k = send(fd, payload_at(id, seq, *sent), n, MSG_NOSIGNAL);
+        ssize_t k = send(fd, payload_at(id, seq, *sent, n), n, MSG_NOSIGNAL);
         if (k < 0) {
             if (errno == EINTR)
                 continue;
@@ -749,6 +749,17 @@ static enum io recv_echo(int fd, uint32_t id, uint32_t seq, size_t *received, in
     }
     *received += (size_t)n;
     return *received < (size_t)opt.payload ? IO_MORE : IO_DONE;
+}
+
+/* Read from a connection with nothing in flight (open loop between sends, or before its first
+ * send): a close is a short read, an error a reset, and any byte a mismatch. */
+static enum io recv_unexpected(int fd, int *kind)
+{
+    ssize_t n = recv(fd, rbuf, sizeof rbuf, 0);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+        return IO_MORE;
+    *kind = n < 0 ? RESET : n == 0 ? SHORT_READ : MISMATCH;
+    return IO_FAILED;
 }
 
 static int64_t interval_ns; /* open loop: time between one connection's intended sends */
@@ -805,8 +816,7 @@ static void on_active_event(struct conn *c, uint32_t ev)
     if (!(ev & (EPOLLIN | EPOLLERR | EPOLLHUP | EPOLLRDHUP)))
         return;
     int kind = MISMATCH;
-    /* Bytes while nothing is in flight (open loop, between sends) are a mismatch too. */
-    enum io r = c->waiting ? IO_FAILED : recv_echo(c->fd, c->id, c->seq, &c->received, &kind);
+    enum io r = c->waiting ? recv_unexpected(c->fd, &kind) : recv_echo(c->fd, c->id, c->seq, &c->received, &kind);
     if (r == IO_FAILED)
         drop(c, kind);
     if (r != IO_DONE)
@@ -864,12 +874,12 @@ static long request_loop(int64_t start_at)
     heap = calloc((size_t)(nactive ? nactive : 1), sizeof *heap);
     if (!heap)
         fail_errno("calloc");
-    timer_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
-    if (timer_fd < 0)
-        fail_errno("timerfd_create");
     watch(EPOLL_CTL_ADD, timer_fd, EPOLLIN, TIMER_INDEX);
-    if (opt.workload == OPEN)
-        interval_ns = (int64_t)((double)nactive / opt.rate * NS);
+    if (opt.workload == OPEN) {
+        /* A day at most: a rate so low that the interval overflows would mean no send anyway. */
+        double interval = (double)nactive / opt.rate * NS;
+        interval_ns = interval < 86400.0 * NS ? (int64_t)interval : 86400LL * NS;
+    }
     sleep_until(start_at);
     int64_t first = now_ns();
     /* The first sends are staggered: over one interval in the open loop; over the ramp in the
@@ -878,7 +888,7 @@ static long request_loop(int64_t start_at)
     int64_t spread = opt.workload == OPEN ? interval_ns : ramp_ns(start_at);
     for (long i = 0; i < nactive; i++) {
         conns[i].waiting = 1;
-        heap_push(first + spread * i / nactive, (uint32_t)i);
+        heap_push(first + (int64_t)((double)spread * (double)i / (double)nactive), (uint32_t)i);
     }
     static struct epoll_event events[MAX_EVENTS];
     int64_t last_scan = first;
@@ -953,13 +963,13 @@ static void churn_begin(struct slot *s)
     s->id = churn_started;
     s->sent = s->received = 0;
     s->state = SLOT_DEFERRED;
-    s->fd = start_connect(opt.worker_id * 7919 + churn_started, CHURN_ADDRESSES, &fatal);
+    /* Addresses rotate so that TIME_WAIT ports do not run out (the manager sends the spread). */
+    s->fd = start_connect(opt.worker_id * 7919 + churn_started, opt.spread, &fatal, &s->t_start);
     if (fatal)
         errs[CONNECT_OTHER]++;
     if (s->fd < 0)
         return;
     s->state = SLOT_CONNECTING;
-    s->t_start = now_ns();
     watch(EPOLL_CTL_ADD, s->fd, EPOLLOUT, (uint32_t)(s - slots));
 }
 
@@ -980,11 +990,16 @@ static void churn_send(struct slot *s)
     } else if (r == IO_DONE) {
         s->state = SLOT_READING;
         watch(EPOLL_CTL_MOD, s->fd, EPOLLIN, (uint32_t)(s - slots));
-    } /* else EPOLLOUT stays registered */
+    } else {
+        /* A payload beyond the socket buffers: read the echo while sending the rest, or both
+         * sides would wait on full buffers until the timeout. */
+        watch(EPOLL_CTL_MOD, s->fd, EPOLLIN | EPOLLOUT, (uint32_t)(s - slots));
+    }
 }
 
-static void churn_event(struct slot *s)
+static void churn_event(struct slot *s, uint32_t ev)
 {
+    uint32_t id = s->id;
     if (s->state == SLOT_CONNECTING) {
         int err = socket_error(s->fd);
         if (err) {
@@ -996,7 +1011,9 @@ static void churn_event(struct slot *s)
     }
     if (s->state == SLOT_SENDING) {
         churn_send(s);
-        return;
+        /* Finished (and restarted) while sending, or nothing to read yet. */
+        if (s->id != id || s->fd < 0 || !(ev & (EPOLLIN | EPOLLERR | EPOLLHUP)))
+            return;
     }
     int kind = RESET;
     enum io r = recv_echo(s->fd, (uint32_t)opt.worker_id, s->id, &s->received, &kind);
@@ -1036,7 +1053,7 @@ static void churn_loop(int64_t start_at)
         for (int i = 0; i < n; i++) {
             struct slot *s = &slots[events[i].data.u32];
             if (s->fd >= 0)
-                churn_event(s);
+                churn_event(s, events[i].events);
         }
         now = now_ns();
         if (now - last_scan > TIMEOUT_SCAN_NS) {
@@ -1094,10 +1111,13 @@ int main(int argc, char **argv)
     server_addr.sin_port = htons((uint16_t)opt.port);
     if (inet_pton(AF_INET, opt.host, &server_addr.sin_addr) != 1)
         usage_error("--host must be an IPv4 address");
-    pattern_len = (size_t)(opt.payload < PATTERN_MAX ? opt.payload : PATTERN_MAX) + 16;
     ep = epoll_create1(EPOLL_CLOEXEC);
     if (ep < 0)
         fail_errno("epoll_create1");
+    /* Before the connections, which may take every descriptor left. */
+    timer_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+    if (timer_fd < 0)
+        fail_errno("timerfd_create");
 
     struct hist *connect_hist = hist_new();
     double connect_s = 0;
@@ -1114,6 +1134,8 @@ int main(int argc, char **argv)
     }
     printf("]");
     flush_line();
+    /* The result reports what happened after the connect phase only, as the Python worker's. */
+    memset(errs, 0, sizeof errs);
 
     int64_t start_at;
     if (read_schedule(&start_at, &win.start, &win.end) < 0) {
