@@ -79,6 +79,8 @@ POINT_COLUMNS = [
     "client_rss_bytes",
     "client_mem_per_conn_bytes",
     "kernel_mem_per_conn_bytes",
+    # Seconds from the clients' connect phase's end until the server had accepted them all.
+    "accept_wait_s",
 ]
 
 STATUS_OK = "ok"

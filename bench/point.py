@@ -11,6 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Any
 
+from bench.accept_queue import wait_accepted
 from bench.child import format_cpus
 from bench.columns import STATUS_FAILED, STATUS_OK, STATUS_SKIPPED
 from bench.cpus import Pinning
@@ -151,8 +152,18 @@ def _measure(
             print(note, flush=True)
         # Generous: thousands of connects against a slow accept loop take seconds.
         connect_timeout = 30 + (spec.connections + spec.idle) / 200 + load.extra_connect_timeout_s
+        connect_started = time.monotonic()
         connect = load.wait_connected(timeout=connect_timeout)
         row.update(connected=connect.connected, connect_s=connect.seconds)
+        if server.pid and spec.workload != "churn":
+            left = max(connect_timeout - (time.monotonic() - connect_started), 1.0)
+            waited, queued = wait_accepted(server.port, left, server.failure)
+            row["accept_wait_s"] = waited
+            if queued:
+                raise PointFailed(
+                    f"{queued:,} connections still waited in the server's accept queue {waited:.0f} s after the "
+                    "clients had connected: it accepts too slowly for this point"
+                )
         _fill_kernel_memory(row, connect.connected, slab_before, kernel_slab_bytes())
         # Descriptors are counted here, before the window, where listing a million of them
         # costs the load generator nothing it is measured on.
@@ -258,8 +269,14 @@ def _fill_costs(row: dict, spec: PointSpec, requests: int, usage: WindowUsage, b
     # Below this many connections the difference is lost in page-sized allocator noise (and
     # can even come out negative); no number beats a misleading one.
     enough = held >= MIN_CONNECTIONS_FOR_MEMORY
-    if spec.workload != "churn" and enough and usage.uss_bytes is not None and baseline and baseline.uss_bytes:
-        row["mem_per_conn_bytes"] = (usage.uss_bytes - baseline.uss_bytes) / held
+    # One process: USS, exact. A tree: PSS, because children share their parent's pages, which
+    # USS counts in no process (it fell as fork's children were added); PSS counts each once,
+    # but moves with other processes mapping the same libraries, so it is kept for trees.
+    measure = "pss_bytes" if usage.peak_processes > 1 else "uss_bytes"
+    after = getattr(usage, measure)
+    before = getattr(baseline, measure) if baseline else None
+    if spec.workload != "churn" and enough and after is not None and before:
+        row["mem_per_conn_bytes"] = (after - before) / held
 
 
 def _fill_kernel_memory(row: dict, connected: int, before: int | None, after: int | None) -> None:

@@ -29,6 +29,7 @@ class TreeSample:
     ctx_voluntary: int
     ctx_involuntary: int
     uss_bytes: int | None = None
+    pss_bytes: int | None = None
 
 
 def thread_ctx_switches(pid: int) -> tuple[int, int]:
@@ -57,9 +58,9 @@ def thread_ctx_switches(pid: int) -> tuple[int, int]:
 def sample_tree(pid: int, with_uss: bool = False, with_ctx: bool = False, with_fds: bool = False) -> TreeSample | None:
     """One reading of the tree, timed at its middle (the processes are read one after another).
 
-    `with_uss` adds the unique set size (reads smaps; summed over a forked tree it counts shared
-    pages once, where RSS would count them per child), `with_ctx` every thread's context
-    switches, `with_fds` the open descriptors."""
+    `with_uss` adds the unique and proportional set sizes (reads smaps; summed over a forked
+    tree USS counts no shared page and PSS each exactly once, where RSS would count them per
+    child), `with_ctx` every thread's context switches, `with_fds` the open descriptors."""
     started = time.monotonic()
     try:
         root = psutil.Process(pid)
@@ -67,7 +68,7 @@ def sample_tree(pid: int, with_uss: bool = False, with_ctx: bool = False, with_f
     except psutil.Error:
         return None
     user = sys_ = 0.0
-    rss = threads = fds = vol = invol = uss = 0
+    rss = threads = fds = vol = invol = uss = pss = 0
     alive = 0
     for proc in procs:
         try:
@@ -84,12 +85,16 @@ def sample_tree(pid: int, with_uss: bool = False, with_ctx: bool = False, with_f
                     vol += v
                     invol += i
                 if with_uss:
-                    uss += proc.memory_full_info().uss
+                    full = proc.memory_full_info()
+                    uss += full.uss
+                    pss += full.pss
                 alive += 1
         except psutil.Error:
             continue
     at = (started + time.monotonic()) / 2
-    return TreeSample(at, user, sys_, rss, threads, fds, alive, vol, invol, uss if with_uss else None)
+    if not with_uss:
+        return TreeSample(at, user, sys_, rss, threads, fds, alive, vol, invol)
+    return TreeSample(at, user, sys_, rss, threads, fds, alive, vol, invol, uss, pss)
 
 
 @dataclass
@@ -104,6 +109,7 @@ class WindowUsage:
     ctx_voluntary: int | None
     ctx_involuntary: int | None
     uss_bytes: int | None
+    pss_bytes: int | None = None
 
 
 class TreeSampler:
@@ -148,6 +154,7 @@ class TreeSampler:
             ctx_voluntary=_growth(self.first.ctx_voluntary, self.last.ctx_voluntary),
             ctx_involuntary=_growth(self.first.ctx_involuntary, self.last.ctx_involuntary),
             uss_bytes=self.last.uss_bytes,
+            pss_bytes=self.last.pss_bytes,
         )
 
 

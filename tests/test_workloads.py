@@ -7,6 +7,7 @@ import socket
 import pytest
 from bench_cli import only_run_dir, read_points, run_bench
 
+from bench.accept_queue import accept_queue, wait_accepted
 from bench.point import PointSpec, round_time_note
 from bench.sweep import auto_server_workers
 from loadgen.connect import open_connections
@@ -190,6 +191,18 @@ def test_by_default_a_point_gets_the_server_workers_its_descriptors_need(tmp_pat
     assert 0 < float(row["client_mem_per_conn_bytes"]) < float(row["client_rss_bytes"])
 
 
+@pytest.mark.timeout(120)
+def test_the_window_waits_until_the_server_has_accepted_every_connection(tmp_path):
+    # fork accepts at the pace of fork(): without the wait, requests of connections still in
+    # its accept queue would be charged to the model (and most of its children not yet exist).
+    (row,) = _run(tmp_path, "--models", "fork", "--connections", "300")
+    assert row["status"] == "ok", row
+    assert int(row["server_processes"]) == 301
+    assert float(row["accept_wait_s"]) >= 0
+    # A forked tree's memory is counted with PSS: positive, a child's worth per connection.
+    assert float(row["mem_per_conn_bytes"]) > 10_000
+
+
 def test_server_workers_follow_the_descriptor_limit():
     assert auto_server_workers("epoll", 100, nofile=20000) == 1
     assert auto_server_workers("epoll", 17_000, nofile=20000) == 1
@@ -213,3 +226,22 @@ def test_a_source_address_takes_well_under_half_the_port_range():
     # connect() searches one port parity first: past half the range every connect scans it all.
     assert per_address(28_232) == 9_881 and per_address(28_232) < 28_232 // 2
     assert per_address(200_000) == 10_000 and per_address(10) == 3 and per_address(1) == 1
+
+
+def test_accept_queue_counts_connections_not_yet_accepted():
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        port = listener.getsockname()[1]
+        clients = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(5)]
+        try:
+            assert accept_queue(port) == 5
+            waited, queued = wait_accepted(port, 0.1, lambda: None)
+            assert queued == 5 and waited >= 0.1
+            accepted = [listener.accept()[0] for _ in range(5)]
+            assert wait_accepted(port, 5.0, lambda: None)[1] == 0
+            for sock in accepted:
+                sock.close()
+        finally:
+            for sock in clients:
+                sock.close()
