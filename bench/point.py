@@ -160,9 +160,11 @@ def _measure(
             waited, queued = wait_accepted(server.port, left, server.failure)
             row["accept_wait_s"] = waited
             if queued:
+                # A server that died stops accepting: its own reason comes first.
                 raise PointFailed(
-                    f"{queued:,} connections still waited in the server's accept queue {waited:.0f} s after the "
-                    "clients had connected: it accepts too slowly for this point"
+                    server.failure()
+                    or f"{queued:,} connections still waited in the server's accept queue {waited:.0f} s after "
+                    "the clients had connected: it accepts too slowly for this point"
                 )
         _fill_kernel_memory(row, connect.connected, slab_before, kernel_slab_bytes())
         # Descriptors are counted here, before the window, where listing a million of them

@@ -35,8 +35,8 @@ TABLE_COLUMNS = [
     "model", "workload", "connections", "idle", "payload", "target_rate", "repeat", "status", "reason", "rps",
     "rps_median",
     "rps_ci_low", "rps_ci_high", "p50_us", "p99_us", "p999_us", "cpu_us_per_req", "mem_per_conn_bytes",
-    "client_mem_per_conn_bytes", "kernel_mem_per_conn_bytes", "ctx_per_req", "softirq_pct", "client_cpu_pct",
-    "client_bound", "disturbed", "errors",
+    "client_mem_per_conn_bytes", "kernel_mem_per_conn_bytes", "ctx_per_req", "softirq_pct", "server_cpu_pct",
+    "client_cpu_pct", "client_bound", "disturbed", "errors",
 ]  # fmt: skip
 TEXT_COLUMNS = {"model", "workload", "status", "reason", "disturbed", "client_bound"}
 SYSCALLS_FILE = "syscalls.csv"
@@ -78,7 +78,7 @@ def findings(df: pd.DataFrame, meta: dict[str, Any]) -> list[str]:
     failed = df[df["status"] == "failed"]
     for model, rows in failed.groupby("model"):
         first = rows.sort_values("connections").iloc[0]
-        out.append(f"{model} failed from {int(first['connections']):,} connections: {first['reason']}.")
+        out.append(f"{model} failed at {int(first['connections']):,} connections: {first['reason']}.")
     skipped = df[df["status"] == "skipped"]
     if not skipped.empty:
         out.append(f"{len(skipped)} point(s) were skipped before they started; the table says why.")
