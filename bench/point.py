@@ -155,17 +155,10 @@ def _measure(
         connect_started = time.monotonic()
         connect = load.wait_connected(timeout=connect_timeout)
         row.update(connected=connect.connected, connect_s=connect.seconds)
+        queued = None
         if server.pid and spec.workload != "churn":
             left = max(connect_timeout - (time.monotonic() - connect_started), 1.0)
-            waited, queued = wait_accepted(server.port, left, server.failure)
-            row["accept_wait_s"] = waited
-            if queued:
-                # A server that died stops accepting: its own reason comes first.
-                raise PointFailed(
-                    server.failure()
-                    or f"{queued:,} connections still waited in the server's accept queue {waited:.0f} s after "
-                    "the clients had connected: it accepts too slowly for this point"
-                )
+            row["accept_wait_s"], queued = wait_accepted(server.port, left, server.failure)
         _fill_kernel_memory(row, connect.connected, slab_before, kernel_slab_bytes())
         # Descriptors are counted here, before the window, where listing a million of them
         # costs the load generator nothing it is measured on.
@@ -174,6 +167,11 @@ def _measure(
         histograms["connect"] = connect.histogram
         if (reason := server.failure()) is not None:
             raise PointFailed(reason)
+        if queued:
+            raise PointFailed(
+                f"{queued:,} connections still waited in the server's accept queue {row['accept_wait_s']:.0f} s "
+                "after the clients had connected: it accepts too slowly for this point"
+            )
         window = load.schedule(timing.warmup_s, timing.duration_s)
         usage, host = _watch_window(server, window)
         result = load.collect(timeout=max(window[1] - time.monotonic(), 0) + 15)
