@@ -28,7 +28,7 @@ MAIN_PLOTS = [
     ("p99_us", "Tail latency (p99)", "p99 latency (µs)", True),
     ("p999_us", "Tail latency (p99.9)", "p99.9 latency (µs)", True),
     ("cpu_us_per_req", "Server CPU per request", "server CPU µs per request", False),
-    ("mem_per_conn_bytes", "Server memory per connection", "bytes per connection (USS)", False),
+    ("mem_per_conn_bytes", "Server memory per connection", "bytes per connection (USS; PSS for a process tree)", False),
     ("ctx_per_req", "Context switches per request", "context switches per request", False),
 ]
 TABLE_COLUMNS = [
