@@ -24,6 +24,7 @@ from bench.processes import spawn, terminate_tree
 from loadgen import control
 from loadgen.histogram import fold_counts, merge
 from loadgen.source_addresses import CHURN_ADDRESSES, addresses_needed
+from loadgen.timeline import merge as merge_timelines
 
 # Descriptors a worker needs besides its connections: stdio, epoll, timerfd, Python's own.
 WORKER_FD_MARGIN = 64
@@ -78,6 +79,10 @@ class LoadResult:
     connect_histograms: list[str]
     # Peak resident memory of the load processes, summed (bytes); None when not reported.
     rss_bytes: int | None = None
+    # Completions and errors per 100 ms from the scheduled start to the window's end, summed
+    # over the workers, with the scheduled window (loadgen.timeline.merge's format); None when
+    # the engine keeps none (Locust).
+    timeline: dict[str, Any] | None = None
 
     @property
     def duration_s(self) -> float:
@@ -123,6 +128,8 @@ class LoadWorkers:
         self.readers: list[MessageReader] = []
         self.errlogs: list[MessageReader] = []
         self.notes: list[str] = []
+        # The schedule (CLOCK_MONOTONIC s): start, window start, window end; set by schedule().
+        self.scheduled: tuple[float, float, float] | None = None
 
     @classmethod
     def plan_workers(cls, plan: LoadPlan, client_cpus: int, requested: int = 0) -> int:
@@ -199,6 +206,7 @@ class LoadWorkers:
             "window_start": window[0],
             "window_end": window[1],
         }
+        self.scheduled = (start_at, *window)
         for wid, popen in enumerate(self.popens):
             try:
                 control.send(message, popen.stdin)
@@ -230,7 +238,17 @@ class LoadWorkers:
             rss_bytes=sum(m["max_rss_bytes"] for m in messages)
             if all(m.get("max_rss_bytes", -1) >= 0 for m in messages)
             else None,
+            timeline=self._timeline(messages),
         )
+
+    def _timeline(self, messages: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """The workers' timelines summed bin by bin (they share the schedule's start)."""
+        if self.scheduled is None:
+            return None
+        try:
+            return merge_timelines([m.get("timeline") for m in messages], *self.scheduled)
+        except ValueError as exc:
+            raise PointFailed(str(exc)) from exc
 
     def pids(self) -> list[int]:
         return [popen.pid for popen in self.popens]

@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             "histogram": encode(result.histogram),
             "uncorrected": encode(result.uncorrected) if result.uncorrected is not None else "",
             "connect_histogram": encode(result.connect_histogram or new_histogram()),
+            "timeline": result.timeline,
         }
     )
     return 0

@@ -2,7 +2,8 @@
 and starts again. What it measures is the cost of accept() and connection set-up in each model.
 
 Latency is the whole cycle, connect() to verified echo; the connect time alone goes in a
-second histogram. Source addresses rotate so TIME_WAIT ports do not run out.
+second histogram. Source addresses rotate so TIME_WAIT ports do not run out. The timeline
+(loadgen.timeline) counts verified cycles and errors per 100 ms from the scheduled start.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from loadgen import errors
 from loadgen.histogram import new_histogram, record_counts
 from loadgen.request_loop import RECV_SIZE, REQUEST_TIMEOUT_S, LoopResult, Window, _wait_until, make_payload
 from loadgen.source_addresses import CHURN_ADDRESSES, bind_source, source_address
+from loadgen.timeline import Recorder
 
 _IN, _OUT = select.EPOLLIN, select.EPOLLOUT
 
@@ -37,19 +39,29 @@ def run_churn(
     request_timeout_s: float = REQUEST_TIMEOUT_S,
     spread: int = CHURN_ADDRESSES,
 ) -> LoopResult:
-    """`concurrency` slots connecting, sending one request and closing, again and again; source
-    addresses rotate over `spread` (1: the kernel's choice, for a server on another host)."""
+    """`concurrency` slots connecting, sending one request and closing, again and again, from
+    `start_at` (CLOCK_MONOTONIC seconds) to the window's end; source addresses rotate over
+    `spread` (1: the kernel's choice, for a server on another host). A cycle counts in the
+    window when its echo was verified at t with window.start <= t < window.end."""
     ep = select.epoll()
     slots: dict[int, _Slot] = {}
     cycle_us: Counter = Counter()
     connect_us: Counter = Counter()
     errs: Counter = Counter()
     clock = time.monotonic
+    win_start, win_end = window.start, window.end
+    timeline = Recorder(start_at, win_start, win_end)
+    completed, tl_edges, tl_seek = timeline.completed, timeline.edges, timeline.seek
+    tl_bin, tl_next = 0, tl_edges[1]
     cycles = 0
     started = 0
     # Slots whose start failed before connect() was under way: started again at the next
     # timeout scan, not at once, which would spin on a lasting error (out of descriptors).
     deferred = 0
+
+    def count_error(kind: str) -> None:
+        errs[kind] += 1
+        timeline.error(clock())
 
     def begin() -> None:
         nonlocal started, deferred
@@ -58,7 +70,7 @@ def run_churn(
         try:
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         except OSError:
-            errs[errors.CONNECT_OTHER] += 1
+            count_error(errors.CONNECT_OTHER)
             deferred += 1
             return
         sock.setblocking(False)
@@ -67,7 +79,7 @@ def run_churn(
             bind_source(sock, source_address(worker_id * 7919 + started, spread))
         except OSError:
             sock.close()
-            errs[errors.CONNECT_OTHER] += 1
+            count_error(errors.CONNECT_OTHER)
             deferred += 1
             return
         slot.sock = sock
@@ -78,7 +90,7 @@ def run_churn(
         code = sock.connect_ex((host, port))
         if code not in (0, errno.EINPROGRESS):
             sock.close()
-            errs[errors.connect_error_kind(code)] += 1
+            count_error(errors.connect_error_kind(code))
             deferred += 1
             return
         slots[sock.fileno()] = slot
@@ -89,7 +101,7 @@ def run_churn(
         ep.unregister(fd)
         slot.sock.close()
         if kind:
-            errs[kind] += 1
+            count_error(kind)
 
     _wait_until(start_at)
     for _ in range(concurrency):
@@ -150,10 +162,16 @@ def run_churn(
                     continue
                 kind = None if slot.received == slot.payload else errors.MISMATCH
                 done = clock()
-                if kind is None and measured_start is not None and done < window.end:
-                    cycles += 1
-                    cycle_us[int((done - slot.t_start) * 1e6)] += 1
-                    connect_us[int((slot.t_connected - slot.t_start) * 1e6)] += 1
+                if kind is None:
+                    if done >= tl_next:
+                        tl_bin = tl_seek(done)
+                        tl_next = tl_edges[tl_bin + 1]
+                    completed[tl_bin] += 1
+                    # By the cycle's own time, as the timeline's bins count it.
+                    if win_start <= done < win_end:
+                        cycles += 1
+                        cycle_us[int((done - slot.t_start) * 1e6)] += 1
+                        connect_us[int((slot.t_connected - slot.t_start) * 1e6)] += 1
                 finish(fd, kind)
                 begin()
             now = clock()
@@ -188,4 +206,5 @@ def run_churn(
         live_connections=0,
         sent_in_window=cycles,
         connect_histogram=connect_hist,
+        timeline=timeline.message(),
     )

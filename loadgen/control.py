@@ -3,6 +3,22 @@
 Worker: `connected` once its connections are open, then, after the manager's `schedule`,
 one `result`. Times are CLOCK_MONOTONIC seconds, which every process on the host shares, so
 all workers measure the same window without any sleep-based coordination.
+
+    -> {"event": "connected", "worker": W, "connected": N, "errors": {kind: n}, "seconds": S,
+        "histogram": H, "notes": [...]}
+    <- {"event": "schedule", "start_at": S, "window_start": A, "window_end": B}
+    -> {"event": "result", "worker": W, "requests": N, "sent_in_window": N, "errors": {kind: n},
+        "window_start": A', "window_end": B', "cpu_user_s": U, "cpu_sys_s": Y,
+        "live_connections": N, "max_rss_bytes": R, "histogram": H, "uncorrected": H,
+        "connect_histogram": H,
+        "timeline": {"start": S, "step_s": 0.1, "completed": [c0, ...], "errors": [e0, ...]}}
+
+The worker starts its load at `start_at`; `requests` are the echoes verified at a time t with
+A <= t < B, and A', B' the window as its clock saw it. Histograms are encoded HdrHistograms
+(the compiled worker sends `X_counts` bucket lists instead; loadgen.histogram.fold_counts).
+`timeline` counts verified echoes (churn: verified cycles) and errors of every kind per bin i
+= [S + i*0.1, S + (i+1)*0.1) s, from `start_at` to the window's end, warm-up included; an
+edge within 1 µs of A or B lies on it, and the last bin ends at B (loadgen.timeline).
 """
 
 from __future__ import annotations

@@ -7,7 +7,9 @@ requests it delayed (coordinated omission corrected); the service time from the 
 is kept beside it. Idle connections are held open, silent, and watched for unexpected closes.
 
 One epoll loop drives all of this worker's connections. Only requests that complete inside the
-measured window are counted, and the window's length is what the clock measured.
+measured window are counted, and the window's length is what the clock measured. Every
+completion and error from the scheduled start to the window's end is also counted per 100 ms
+bin (loadgen.timeline), warm-up included.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from hdrh.histogram import HdrHistogram
 from loadgen import errors
 from loadgen.histogram import new_histogram, record_counts
 from loadgen.precise_timer import PreciseTimer
+from loadgen.timeline import Recorder
 
 # 64 KiB: a 256 KiB buffer per recv() costs page faults and ~10 us of system time each, which
 # made the load generator, not the server, the bottleneck.
@@ -63,6 +66,8 @@ class LoopResult:
     live_connections: int
     sent_in_window: int
     connect_histogram: HdrHistogram | None = None
+    # Completions and errors per 100 ms from the scheduled start (loadgen.timeline's format).
+    timeline: dict | None = None
 
 
 class _Conn:
@@ -91,7 +96,9 @@ def run_request_loop(
     request_timeout_s: float = REQUEST_TIMEOUT_S,
 ) -> LoopResult:
     """Drive `sockets` (closed loop, or open loop at `rate` req/s over all of them) while
-    holding `idle` open; return what completed inside `window`."""
+    holding `idle` open, from `start_at` (CLOCK_MONOTONIC seconds) to the window's end; return
+    what completed inside `window` (a completion at t counts when window.start <= t <
+    window.end), and the timeline of every completion and error since `start_at`."""
     ep = select.epoll()
     conns: dict[int, _Conn] = {}
     for cid, sock in enumerate(sockets):
@@ -111,12 +118,17 @@ def run_request_loop(
     errs: Counter = Counter()
     requests = sent_in_window = 0
     clock = time.monotonic
+    win_start, win_end = window.start, window.end
+    timeline = Recorder(start_at, win_start, win_end)
+    completed, tl_edges, tl_seek = timeline.completed, timeline.edges, timeline.seek
+    tl_bin, tl_next = 0, tl_edges[1]
     # Open loop: each connection sends every `interval` seconds, staggered across connections.
     interval = len(sockets) / rate if rate else 0.0
     due: list[tuple[float, int]] = []  # (intended send time, fd) of connections waiting for their turn
 
     def fail(conn: _Conn, kind: str) -> None:
         errs[kind] += 1
+        timeline.error(clock())
         ep.unregister(conn.fd)
         del conns[conn.fd]
         conn.sock.close()
@@ -198,6 +210,7 @@ def run_request_loop(
                         ep.unregister(fd)
                         idle_socks.pop(fd).close()
                         errs[errors.RESET if ev & select.EPOLLERR else errors.SHORT_READ] += 1
+                        timeline.error(clock())
                     continue
                 if ev & _OUT and conn.writing:
                     push(conn)
@@ -225,7 +238,12 @@ def run_request_loop(
                     fail(conn, errors.MISMATCH)
                     continue
                 done = clock()
-                if measured_start is not None and done < window.end:
+                if done >= tl_next:
+                    tl_bin = tl_seek(done)
+                    tl_next = tl_edges[tl_bin + 1]
+                completed[tl_bin] += 1
+                # By the completion's own time, as the timeline's bins count it.
+                if win_start <= done < win_end:
                     requests += 1
                     corrected[int((done - conn.t_intended) * 1e6)] += 1
                     if rate:
@@ -271,6 +289,7 @@ def run_request_loop(
         cpu_sys_s=usage_end.ru_stime - usage_start.ru_stime,
         live_connections=live,
         sent_in_window=sent_in_window,
+        timeline=timeline.message(),
     )
 
 

@@ -19,6 +19,9 @@
  *           wakes the loop at each send time to the microsecond;
  *   idle    silent connections held open beside the active ones, watched for closes;
  *   churn   N slots each connect, send one request, verify the echo, close, again.
+ * A request counts in the window when its echo was verified at t, window_start <= t < window_end.
+ * Beside the window's figures, a timeline counts verified echoes (churn: cycles) and errors per
+ * 100 ms bin from start_at to the window's end (loadgen/timeline.py holds the reference rules).
  *
  * Plain C99 + Linux headers; every system call's result is checked. Built on first use by
  * loadgen/c_worker.py through cbuild (cc -O2 -Wall -Wextra).
@@ -258,6 +261,80 @@ static void hist_record_ns(struct hist *h, int64_t ns)
     h->count[hist_index(ns / 1000)]++;
 }
 
+/* ---- the timeline: completions and errors per 100 ms (loadgen/timeline.py) -------------- */
+
+#define TL_STEP_NS 100000000LL
+#define TL_SNAP_NS 1000LL /* a bin edge this close to a window edge is moved onto it */
+#define TL_MAX_BINS 36000L /* an hour; a longer point keeps its first hour */
+
+static struct {
+    int64_t start;
+    int64_t *edge;   /* edge[i]: bin i's start; edge[n]: the end; edge[n + 1]: INT64_MAX */
+    long n, cur;     /* cur: the bin of the latest time seen (times only grow, so it walks) */
+    uint64_t *completed, *errors; /* n + 1 each: bin n holds what came after the end, unreported */
+} tl;
+
+/* Bins from start_at to the window's end, edges snapped onto the window's, so that a window of
+ * whole bins starts and ends on edges and its bins hold exactly the requests counted in it. */
+static void tl_init(int64_t start, int64_t window_start, int64_t window_end)
+{
+    int64_t span = window_end - start - TL_SNAP_NS;
+    long n = span > 0 ? (long)((span + TL_STEP_NS - 1) / TL_STEP_NS) : 1;
+    if (n < 1)
+        n = 1;
+    if (n > TL_MAX_BINS)
+        n = TL_MAX_BINS;
+    tl.edge = calloc((size_t)n + 2, sizeof *tl.edge);
+    tl.completed = calloc((size_t)n + 1, sizeof *tl.completed);
+    tl.errors = calloc((size_t)n + 1, sizeof *tl.errors);
+    if (!tl.edge || !tl.completed || !tl.errors)
+        fail_errno("calloc");
+    for (long i = 0; i < n; i++) {
+        int64_t e = start + i * TL_STEP_NS;
+        tl.edge[i] = llabs(e - window_start) <= TL_SNAP_NS ? window_start : e;
+    }
+    tl.edge[n] = n < TL_MAX_BINS ? window_end : start + n * TL_STEP_NS;
+    tl.edge[n + 1] = INT64_MAX;
+    tl.start = start, tl.n = n, tl.cur = 0;
+}
+
+/* The bin of time t: a comparison per call while t stays in the current bin. */
+static long tl_bin(int64_t t)
+{
+    while (t >= tl.edge[tl.cur + 1])
+        tl.cur++;
+    while (tl.cur > 0 && t < tl.edge[tl.cur])
+        tl.cur--;
+    return tl.cur;
+}
+
+/* An error of this kind, counted for the result and, once the schedule is known, in the timeline. */
+static void count_error(int kind)
+{
+    errs[kind]++;
+    if (tl.edge)
+        tl.errors[tl_bin(now_ns())]++;
+}
+
+static void put_counts(const char *key, const uint64_t *v, long n)
+{
+    printf("\"%s\":[", key);
+    for (long i = 0; i < n; i++)
+        printf(i ? ",%llu" : "%llu", (unsigned long long)v[i]);
+    printf("]");
+}
+
+static void put_timeline(void)
+{
+    if (!tl.edge)
+        return;
+    printf(",\"timeline\":{\"start\":%.9f,\"step_s\":%.1f,", (double)tl.start / NS, (double)TL_STEP_NS / NS);
+    put_counts("completed", tl.completed, tl.n);
+    putchar(',');
+    put_counts("errors", tl.errors, tl.n);
+    putchar('}');
+}
+
 /* ---- output ----------------------------------------------------------------------------- */
 
 static void put_hist(const char *key, const struct hist *h)
@@ -425,14 +502,14 @@ static int start_connect(long address_index, long spread, int *fatal, int64_t *s
         int err = errno;
         if (close(fd) < 0)
             fail_errno("close");
-        errs[connect_kind(err)]++;
+        count_error(connect_kind(err));
         return -1;
     }
     return fd;
 other:
     if (close(fd) < 0)
         fail_errno("close");
-    errs[CONNECT_OTHER]++;
+    count_error(CONNECT_OTHER);
     return -1;
 }
 
@@ -619,9 +696,10 @@ static void maybe_open_window(int64_t now)
     }
 }
 
+/* By the completion's own time, as the timeline's bins count it. */
 static int in_window(int64_t t)
 {
-    return win.measured_start && t < win.end;
+    return t >= win.start && t < win.end;
 }
 
 static int epoll_timeout_ms(int64_t now, int64_t backstop_ns)
@@ -769,7 +847,7 @@ static int64_t interval_ns; /* open loop: time between one connection's intended
 
 static void drop(struct conn *c, int kind)
 {
-    errs[kind]++;
+    count_error(kind);
     close_fd(c->fd);
     c->fd = -1;
 }
@@ -825,6 +903,7 @@ static void on_active_event(struct conn *c, uint32_t ev)
     if (r != IO_DONE)
         return;
     int64_t done = now_ns();
+    tl.completed[tl_bin(done)]++;
     if (in_window(done)) {
         win.requests++;
         hist_record_ns(win.corrected, done - c->t_intended);
@@ -969,7 +1048,7 @@ static void churn_begin(struct slot *s)
     /* Addresses rotate so that TIME_WAIT ports do not run out (the manager sends the spread). */
     s->fd = start_connect(opt.worker_id * 7919 + churn_started, opt.spread, &fatal, &s->t_start);
     if (fatal)
-        errs[CONNECT_OTHER]++;
+        count_error(CONNECT_OTHER);
     if (s->fd < 0)
         return;
     s->state = SLOT_CONNECTING;
@@ -981,7 +1060,7 @@ static void churn_finish(struct slot *s, int kind)
     close_fd(s->fd);
     s->fd = -1;
     if (kind >= 0)
-        errs[kind]++;
+        count_error(kind);
     churn_begin(s);
 }
 
@@ -1025,6 +1104,7 @@ static void churn_event(struct slot *s, uint32_t ev)
     if (r != IO_DONE)
         return;
     int64_t done = now_ns();
+    tl.completed[tl_bin(done)]++;
     if (in_window(done)) {
         win.requests++;
         win.sent_in_window++;
@@ -1146,6 +1226,7 @@ int main(int argc, char **argv)
             close_fd(conns[i].fd);
         return 1;
     }
+    tl_init(start_at, win.start, win.end);
     win.corrected = hist_new();
     win.uncorrected = opt.workload == OPEN ? hist_new() : NULL;
     win.connect = hist_new();
@@ -1178,6 +1259,7 @@ int main(int argc, char **argv)
     if (win.uncorrected)
         put_hist("uncorrected_counts", win.uncorrected);
     put_hist("connect_histogram_counts", opt.workload == CHURN ? win.connect : NULL);
+    put_timeline();
     flush_line();
     return 0;
 }
