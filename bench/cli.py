@@ -50,8 +50,17 @@ def _server_workers(text: str) -> int:
     return value
 
 
+def _backlog(value: int | None) -> int:
+    """--backlog: the servers' default when not given, else an int listen() takes."""
+    from bench.tcp_counters import check_backlog
+    from servers.base import DEFAULT_BACKLOG
+
+    return DEFAULT_BACKLOG if value is None else check_backlog(value)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from bench.engines import choose_engine
+    from bench.statistics import default_reference
     from bench.sweep import RunConfig, run_sweep
 
     if args.engine != "locust" and (args.locust_workers or args.locust_ui or args.locust_remote_workers):
@@ -66,6 +75,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise UsageError("--target drives a server started elsewhere; --models does not apply")
         if args.server_workers != "auto" or args.fork_cap != 1000:
             raise UsageError("--server-workers and --fork-cap apply to servers bench starts, not to --target")
+        if args.backlog is not None:
+            raise UsageError("--backlog applies to servers bench starts, not to --target")
         models, unavailable = [EXTERNAL_MODEL], {}
     else:
         if args.allow_remote:
@@ -96,7 +107,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise UsageError("--find-max searches an open-loop rate; it does not apply to --workload churn")
     elif args.slo:
         raise UsageError("--slo applies to --find-max only")
+    if args.reference and args.reference not in models:
+        raise UsageError(f"--reference {args.reference!r} is not one of the run's models ({', '.join(models)})")
     engine, engine_warnings = choose_engine(args.engine)
+    backlog = None if target else _backlog(args.backlog)
     config = RunConfig(
         models=models,
         connections=_int_list(args.connections, "--connections"),
@@ -114,11 +128,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         server_workers=_server_workers(args.server_workers),
         request_timeout_s=_positive(args.request_timeout, "--request-timeout"),
         fork_cap=int(_positive(args.fork_cap, "--fork-cap")),
+        backlog=backlog,
         slo_p99_us=slo_p99_us,
         quiet_wait_s=_positive(args.quiet_wait, "--quiet-wait", allow_zero=True),
+        remeasure=int(_positive(args.remeasure, "--remeasure", allow_zero=True)),
         target=target,
         engine=engine,
         engine_warnings=engine_warnings,
+        reference=args.reference or default_reference([m for m in models if m not in unavailable]),
         locust_workers=int(_positive(args.locust_workers, "--locust-workers", allow_zero=True)),
         locust_ui=args.locust_ui,
         locust_remote_workers=int(_positive(args.locust_remote_workers, "--locust-remote-workers", allow_zero=True)),
@@ -156,7 +173,8 @@ class _Progress:
         detail = (
             f"{row['rps']:,.0f} req/s, p99 {row['p99_us']:,.0f} us" if status == STATUS_OK else row.get("reason", "")
         )
-        print(f"{row['model']:>12} c={row['connections']:<6} r{row['repeat']} {status}: {detail}", flush=True)
+        again = " (host shifted: measuring again)" if row.get("superseded") else ""
+        print(f"{row['model']:>12} c={row['connections']:<6} r{row['repeat']} {status}: {detail}{again}", flush=True)
 
 
 def _stop_on_sigterm() -> None:
@@ -227,6 +245,12 @@ def build_parser() -> argparse.ArgumentParser:
         "closed (default 2, as wrk's)",
     )
     run.add_argument("--repeats", type=int, default=1, help="how many times to run the whole sweep (default 1)")
+    run.add_argument(
+        "--reference",
+        default="",
+        metavar="MODEL",
+        help="the model each repeat's req/s is divided by (paired ratios); default native if it runs, else the first",
+    )
     run.add_argument("--out", default=os.environ.get("BENCH_RESULTS", "results"), help="results directory")
     load = run.add_argument_group("workload")
     load.add_argument(
@@ -249,6 +273,14 @@ def build_parser() -> argparse.ArgumentParser:
         "connections need under RLIMIT_NOFILE)",
     )
     server.add_argument("--fork-cap", type=int, default=1000, help="live children the fork model may have")
+    server.add_argument(
+        "--backlog",
+        type=int,
+        default=None,
+        metavar="N",
+        help="listen() backlog of the servers bench starts (default 4096, the servers' own); the kernel caps it at "
+        "net.core.somaxconn",
+    )
     engine = run.add_argument_group("load engine")
     engine.add_argument(
         "--engine",
@@ -273,6 +305,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.0,
         help="before each point, wait up to S seconds for the host's CPUs to be mostly idle (default 0: off)",
+    )
+    noise.add_argument(
+        "--remeasure",
+        type=int,
+        default=0,
+        metavar="N",
+        help="measure a point whose host probe says the host shifted again, up to N times; every attempt is kept "
+        "as a row, only the last counts (default 0: flag only; --find-max searches are not re-measured)",
     )
     run.add_argument("--ready-timeout", type=float, default=15.0, help="seconds a server may take to listen")
     run.add_argument("--server-cpus", default="", help="CPUs for the server, e.g. 0 (default: first half)")

@@ -81,6 +81,54 @@ POINT_COLUMNS = [
     "kernel_mem_per_conn_bytes",
     # Seconds from the clients' connect phase's end until the server had accepted them all.
     "accept_wait_s",
+    # Issue 11: every point explains itself.
+    # Stability over time: CV of the 100 ms completion rates inside the window, and its verdict.
+    "stability",
+    "unsteady",
+    # The listen backlog the server was started with (--backlog), and the kernel's TCP
+    # counters over the point (/proc/net/netstat, /proc/net/snmp), from before connecting
+    # to after the window (bench.tcp_counters).
+    "backlog",
+    "tcp_listen_overflows",
+    "tcp_listen_drops",
+    "tcp_syn_retrans",
+    "tcp_retrans_segs",
+    "tcp_timeouts",
+    "tcp_backlog_drop",
+    "tcp_reqq_full_drop",
+    "tcp_reqq_full_do_cookies",
+    "tcp_syncookies_sent",
+    "tcp_abort_on_data",
+    "tcp_abort_on_close",
+    "tcp_abort_on_memory",
+    "tcp_abort_on_timeout",
+    "tcp_estab_resets",
+    "tcp_attempt_fails",
+    "tcp_out_rsts",
+    "tcp_ofo_queue",
+    "tcp_rcvq_drop",
+    "tcp_zero_window_drop",
+    "tcp_memory_pressures",
+    "tcp_time_wait_overflow",
+    # The server's pinned CPUs' busy time (/proc/stat) per request, kernel network work included.
+    "server_cpus_us_per_req",
+    "server_cpus_user_us_per_req",
+    "server_cpus_sys_us_per_req",
+    "server_cpus_softirq_us_per_req",
+    "server_cpus_softirq_share",
+    # Host shifts: the probe before the point, per CPU set, and the verdict; re-measured attempts.
+    "probe_server_us",
+    "probe_client_us",
+    "host_shifted",
+    "attempt",
+    "superseded",
+    # Paired ratios within a run: this repeat's req/s over the reference model's, and their
+    # median with a bootstrap 95% CI over the repeats.
+    "reference",
+    "rps_vs_reference",
+    "rps_ratio",
+    "rps_ratio_ci_low",
+    "rps_ratio_ci_high",
 ]
 
 STATUS_OK = "ok"

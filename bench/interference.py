@@ -96,6 +96,53 @@ def compare(before: HostSnapshot, after: HostSnapshot, ours_cpu_s: float) -> Int
     )
 
 
+@dataclass(frozen=True)
+class CpuSplit:
+    """Busy seconds of a set of CPUs between two snapshots, by where the time went."""
+
+    user_s: float
+    sys_s: float
+    softirq_s: float
+    seconds: float
+
+    @property
+    def busy_s(self) -> float:
+        return self.user_s + self.sys_s + self.softirq_s
+
+
+def cpu_split(before: HostSnapshot, after: HostSnapshot, cpus: tuple[int, ...]) -> CpuSplit:
+    """What `cpus` were busy with from `before` to `after`, in seconds, from /proc/stat's per-CPU
+    lines (man 5 proc): user = user + nice, sys = system + irq, softirq alone.
+
+    Unlike a process's CPU times this includes the kernel's network work done in softirq on
+    these CPUs, whoever it was for: on loopback a sender's CPU runs the receiver's side of TCP
+    (net/core/dev.c: netif_rx, then net_rx_action on the same CPU).
+
+    The busy total is the interval minus idle, iowait and steal. User, system, irq and softirq
+    are sampled one tick at a time (kernel/sched/cputime.c, CONFIG_TICK_CPU_ACCOUNTING), a few
+    percent of noise over a 2 s window, while under NO_HZ idle and iowait are kept to the
+    nanosecond (fs/proc/stat.c get_idle_time, kernel/time/tick-sched.c) and only printed in
+    USER_HZ units: so the total comes from idle, good to 10 ms per CPU at each end, and only
+    its split from the sampled fields. (cpuidle's per-state residency, in µs, would be finer,
+    but it counts the interrupts and softirqs served while idle as idle.)"""
+    seconds = max(after.at - before.at, 0.0)
+    user = sys_ = soft = 0.0
+    for cpu in cpus:
+        end, start = after.ticks.get(cpu), before.ticks.get(cpu)
+        if end is None or start is None:
+            continue
+        d = {k: (end.get(k, 0) - start.get(k, 0)) * TICK_S for k in _FIELDS}
+        parts = (d["user"] + d["nice"], d["system"] + d["irq"], d["softirq"])
+        sampled = sum(parts)
+        if sampled <= 0:
+            continue
+        busy = min(max(seconds - d["idle"] - d["iowait"] - d["steal"], 0.0), seconds)
+        user += busy * parts[0] / sampled
+        sys_ += busy * parts[1] / sampled
+        soft += busy * parts[2] / sampled
+    return CpuSplit(user, sys_, soft, seconds)
+
+
 def wait_for_quiet(max_wait_s: float, busy_limit_pct: float = 10.0, step_s: float = 0.2) -> tuple[float, float]:
     """Wait (at most `max_wait_s`) until the host's CPUs are mostly idle before a point.
 

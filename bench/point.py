@@ -8,22 +8,25 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from bench import stability, tcp_counters
 from bench.accept_queue import wait_accepted
 from bench.child import format_cpus
 from bench.columns import STATUS_FAILED, STATUS_OK, STATUS_SKIPPED
 from bench.cpus import Pinning
 from bench.engines import LoadEngine, engine_class, make_engine
 from bench.errors import PointFailed
-from bench.interference import HostSnapshot, Interference, compare, snapshot, wait_for_quiet
+from bench.interference import CpuSplit, HostSnapshot, Interference, compare, cpu_split, snapshot, wait_for_quiet
 from bench.load_workers import LoadPlan, LoadResult
 from bench.preflight import preflight
 from bench.results_store import now_iso
 from bench.sampler import TreeSample, TreeSampler, WindowUsage, kernel_slab_bytes, sample_tree
 from bench.server_control import ExternalServer, ServerUnderTest
 from loadgen.histogram import encode, merge, summarize
+from servers.base import DEFAULT_BACKLOG
 
 # The harness shares the client CPUs with the load workers: each psutil pass over the server's
 # tree is a pause for them, so peaks are sampled once a second, not more.
@@ -57,6 +60,8 @@ class PointSpec:
     locust_workers: int = 0
     locust_ui: bool = False
     locust_remote_workers: int = 0
+    # listen()'s backlog for the server the harness starts (servers' --backlog).
+    backlog: int = DEFAULT_BACKLOG
 
     @property
     def point_id(self) -> str:
@@ -103,23 +108,35 @@ def unmeasured_row(run_id: str, spec: PointSpec, status: str, reason: str) -> di
     return {**base_row(run_id, spec), "status": status, "reason": reason}
 
 
-def run_point(run_id: str, spec: PointSpec, timing: Timing, pinning: Pinning) -> tuple[dict, dict[str, str]]:
+def run_point(
+    run_id: str,
+    spec: PointSpec,
+    timing: Timing,
+    pinning: Pinning,
+    before_measure: Callable[[dict[str, Any]], None] | None = None,
+) -> tuple[dict, dict[str, str]]:
     """Measure one point; when the load generator was the limit and more client CPUs are
-    free than it used, measure it again with more workers."""
+    free than it used, measure it again with more workers. `before_measure(row)` runs before
+    each measurement, after the quiet wait (bench.sweep's host probe); not for a skipped point."""
     engine = engine_class(spec.engine)
     workers = engine.plan_workers(spec.load_plan, len(pinning.client), spec.locust_workers)
     blocker = preflight(spec, workers)
     if blocker:
         return unmeasured_row(run_id, spec, STATUS_SKIPPED, blocker), {}
-    row, hists = _measure(run_id, spec, timing, pinning, workers)
+    row, hists = _measure(run_id, spec, timing, pinning, workers, before_measure)
     more = min(len(pinning.client), spec.connections)
     if row.get("client_bound") and workers < more and engine.can_add_workers:
-        row, hists = _measure(run_id, spec, timing, pinning, more)
+        row, hists = _measure(run_id, spec, timing, pinning, more, before_measure)
     return row, hists
 
 
 def _measure(
-    run_id: str, spec: PointSpec, timing: Timing, pinning: Pinning, workers: int
+    run_id: str,
+    spec: PointSpec,
+    timing: Timing,
+    pinning: Pinning,
+    workers: int,
+    before_measure: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[dict, dict[str, str]]:
     row = base_row(run_id, spec)
     row.update(client_workers=workers, server_cpus=format_cpus(pinning.server), client_cpus=format_cpus(pinning.client))
@@ -127,9 +144,14 @@ def _measure(
     extra = ["--fork-cap", str(spec.fork_cap)]
     if spec.server_workers > 1:
         extra += ["--workers", str(spec.server_workers)]
+    extra += ["--backlog", str(spec.backlog)]
+    if not spec.target:
+        row["backlog"] = spec.backlog
     if timing.quiet_wait_s > 0:
         waited, _busy = wait_for_quiet(timing.quiet_wait_s)
         row["quiet_wait_s"] = waited
+    if before_measure is not None:
+        before_measure(row)
     server: ServerUnderTest | ExternalServer
     if spec.target:
         host, _, port = spec.target.rpartition(":")
@@ -137,6 +159,7 @@ def _measure(
     else:
         server = ServerUnderTest(spec.model, pinning.server, extra=extra)
     load: LoadEngine | None = None
+    tcp_before: tcp_counters.Counters | None = None
     try:
         server.start(timing.ready_timeout_s)
         # Memory before any connection, so that memory per connection is a difference.
@@ -147,6 +170,7 @@ def _measure(
         )  # fmt: skip
         row["client_workers"] = load.workers
         slab_before = kernel_slab_bytes()
+        tcp_before = tcp_counters.snapshot()
         load.start()
         for note in load.notes:
             print(note, flush=True)
@@ -175,16 +199,19 @@ def _measure(
         window = load.schedule(timing.warmup_s, timing.duration_s)
         usage, host = _watch_window(server, window)
         result = load.collect(timeout=max(window[1] - time.monotonic(), 0) + 15)
+        tcp_counters.fill_row(row, tcp_before)
         _fill_client_memory(row, spec, result.rss_bytes)
         histograms["latency"] = encode(merge(result.histograms))
         if result.uncorrected:
             histograms["latency_uncorrected"] = encode(merge(result.uncorrected))
         if spec.workload == "churn":
             histograms["connect"] = encode(merge(result.connect_histograms))
+        if result.timeline is not None:
+            histograms["timeline"] = result.timeline
         _fill_measurements(row, spec, result, usage, connect.errors, len(pinning.server))
         if held is not None and usage is not None:
             row["server_fds"] = max(usage.peak_fds, held.fds)
-        server_cpu = usage.cpu_user_s + usage.cpu_sys_s if usage is not None else 0.0
+        server_cpu = usage.cpu_s if usage is not None else 0.0
         interference = compare(host[0], host[1], server_cpu + result.cpu_s)
         if usage is not None:
             _fill_costs(row, spec, result.requests, usage, baseline)
@@ -192,6 +219,8 @@ def _measure(
         # steal can call such a window disturbed.
         _fill_host(row, interference, steal_only=bool(spec.target))
         histograms["per_cpu_pct"] = interference.per_cpu
+        if not spec.target:
+            _fill_server_cpus(row, cpu_split(host[0], host[1], pinning.server), result.requests, result.duration_s)
         if (reason := server.failure()) is not None:
             raise PointFailed(reason)
         expected = 0 if spec.workload == "churn" else spec.connections + spec.idle
@@ -217,13 +246,16 @@ def _measure(
             notes.append("client-bound: a load worker used a whole CPU while the server had CPU to spare")
         if row.get("disturbed"):
             notes.append(f"disturbed: {row['disturbed']}")
+        if unsteady := stability.fill_row(row, result.timeline):
+            notes.append(unsteady)
+        notes += _tcp_notes(row, tcp_before)
         row["reason"] = "; ".join(notes)
     except PointFailed as exc:
         row["status"] = STATUS_FAILED
-        row["reason"] = "; ".join([str(exc), *server.warnings])
+        row["reason"] = "; ".join([str(exc), *server.warnings, *_tcp_notes(row, tcp_before)])
     except Exception as exc:  # noqa: BLE001 - a harness error at one point must not end the sweep
         row["status"] = STATUS_FAILED
-        row["reason"] = f"harness error: {type(exc).__name__}: {exc}"
+        row["reason"] = "; ".join([f"harness error: {type(exc).__name__}: {exc}", *_tcp_notes(row, tcp_before)])
     finally:
         try:
             if load is not None:
@@ -235,12 +267,25 @@ def _measure(
     return row, histograms
 
 
+def _tcp_notes(row: dict, before: tcp_counters.Counters | None) -> list[str]:
+    """The kernel's TCP counters since `before` (a failed point's up to its failure, so that
+    nothing measured is lost) and the finding they make, if any, as a list of notes."""
+    if before is None:
+        return []
+    if "tcp_listen_overflows" not in row:
+        tcp_counters.fill_row(row, before)
+    finding = tcp_counters.explain(row, tcp_counters.somaxconn())
+    return [finding] if finding else []
+
+
 def _watch_window(
     server: ServerUnderTest | ExternalServer, window: tuple[float, float]
 ) -> tuple[WindowUsage | None, tuple[HostSnapshot, HostSnapshot]]:
     """Sample the server's tree (when it is ours), and the host's CPUs, from the window's
     start to its end; stop early if the server died."""
     _sleep_until(window[0])
+    # The host's readings bracket the server's CPU readings closely at both ends, so that the
+    # server's CPUs cannot read as less busy than the server's processes on them.
     before = snapshot()
     sampler = TreeSampler(server.pid) if server.pid else None
     if sampler is not None:
@@ -251,15 +296,19 @@ def _watch_window(
         _sleep_until(min(window[1], time.monotonic() + SAMPLE_INTERVAL_S))
         if sampler is not None:
             sampler.tick()
-    after = snapshot()
-    return (sampler.end() if sampler is not None else None), (before, after)
+    if sampler is None:
+        return None, (before, snapshot())
+    after: list[HostSnapshot] = []
+    usage = sampler.end(then=lambda: after.append(snapshot()))
+    return usage, (before, after[0] if after else snapshot())
 
 
 def _fill_costs(row: dict, spec: PointSpec, requests: int, usage: WindowUsage, baseline: TreeSample | None) -> None:
     """What each request and each connection cost the server."""
     if requests:
-        row["server_cpu_user_us_per_req"] = usage.cpu_user_s * 1e6 / requests
-        row["server_cpu_sys_us_per_req"] = usage.cpu_sys_s * 1e6 / requests
+        if usage.cpu_user_s is not None and usage.cpu_sys_s is not None:
+            row["server_cpu_user_us_per_req"] = usage.cpu_user_s * 1e6 / requests
+            row["server_cpu_sys_us_per_req"] = usage.cpu_sys_s * 1e6 / requests
         if usage.ctx_voluntary is not None and usage.ctx_involuntary is not None:
             row["ctx_vol_per_req"] = usage.ctx_voluntary / requests
             row["ctx_invol_per_req"] = usage.ctx_involuntary / requests
@@ -277,6 +326,22 @@ def _fill_costs(row: dict, spec: PointSpec, requests: int, usage: WindowUsage, b
     before = getattr(baseline, measure) if baseline else None
     if spec.workload != "churn" and enough and after is not None and before:
         row["mem_per_conn_bytes"] = (after - before) / held
+
+
+def _fill_server_cpus(row: dict, split: CpuSplit, requests: int, duration_s: float) -> None:
+    """The server's pinned CPUs' busy time per request (µs), split into user, sys and softirq:
+    beside cpu_us_per_req (the server's processes alone) it adds the kernel's network work on
+    those CPUs. The CPU time is scaled from the harness's snapshots to the workers' window, as
+    for cpu_us_per_req."""
+    if not requests or split.seconds <= 0 or duration_s <= 0:
+        return
+    per_req = duration_s / split.seconds * 1e6 / requests
+    row["server_cpus_us_per_req"] = split.busy_s * per_req
+    row["server_cpus_user_us_per_req"] = split.user_s * per_req
+    row["server_cpus_sys_us_per_req"] = split.sys_s * per_req
+    row["server_cpus_softirq_us_per_req"] = split.softirq_s * per_req
+    if split.busy_s > 0:
+        row["server_cpus_softirq_share"] = split.softirq_s / split.busy_s
 
 
 def _fill_kernel_memory(row: dict, connected: int, before: int | None, after: int | None) -> None:
@@ -342,7 +407,7 @@ def _fill_measurements(
     if usage is not None:
         row["server_cpu_user_s"] = usage.cpu_user_s
         row["server_cpu_sys_s"] = usage.cpu_sys_s
-        server_cpu = usage.cpu_user_s + usage.cpu_sys_s
+        server_cpu = usage.cpu_s
         if usage.seconds > 0:
             row["server_cpu_pct"] = 100.0 * server_cpu / usage.seconds / max(server_cpus, 1)
         if result.requests:

@@ -18,7 +18,10 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from bench.columns import POINT_COLUMNS, STATUS_OK
 from bench.index_page import write_index
 from bench.report_plots import line_plot
+from bench.report_timeline import cost_plot, headline_level, sparkline, timeline_plot
 from bench.results_store import RunDirectory, write_text_atomic
+from bench.statistics import final_attempts, truthy
+from bench.tcp_counters import tcp_findings
 
 CONNECTIONS = "concurrent connections (log scale)"
 # (column, title, y label, log y)
@@ -31,14 +34,17 @@ MAIN_PLOTS = [
     ("mem_per_conn_bytes", "Server memory per connection", "bytes per connection (USS; PSS for a process tree)", False),
     ("ctx_per_req", "Context switches per request", "context switches per request", False),
 ]
+# Not a column of points.csv: the point's completions per 100 ms, drawn from histograms.jsonl.
+TIMELINE = "timeline"
 TABLE_COLUMNS = [
-    "model", "workload", "connections", "idle", "payload", "target_rate", "repeat", "status", "reason", "rps",
-    "rps_median",
-    "rps_ci_low", "rps_ci_high", "p50_us", "p99_us", "p999_us", "cpu_us_per_req", "mem_per_conn_bytes",
-    "client_mem_per_conn_bytes", "kernel_mem_per_conn_bytes", "ctx_per_req", "softirq_pct", "server_cpu_pct",
-    "client_cpu_pct", "client_bound", "disturbed", "errors",
+    "model", "workload", "connections", "idle", "payload", "target_rate", "repeat", "attempt", "status", "reason",
+    "rps", TIMELINE, "stability", "rps_median", "rps_ci_low", "rps_ci_high", "rps_vs_reference", "rps_ratio",
+    "p50_us", "p99_us", "p999_us", "cpu_us_per_req", "server_cpus_us_per_req", "server_cpus_softirq_share",
+    "mem_per_conn_bytes", "client_mem_per_conn_bytes", "kernel_mem_per_conn_bytes", "ctx_per_req", "softirq_pct",
+    "server_cpu_pct", "client_cpu_pct", "client_bound", "unsteady", "host_shifted", "probe_server_us", "disturbed",
+    "errors", "backlog", "tcp_listen_overflows", "tcp_syn_retrans", "tcp_retrans_segs", "tcp_estab_resets",
 ]  # fmt: skip
-TEXT_COLUMNS = {"model", "workload", "status", "reason", "disturbed", "client_bound"}
+TEXT_COLUMNS = {"model", "workload", "status", "reason", "disturbed", "client_bound", "unsteady", "host_shifted"}
 SYSCALLS_FILE = "syscalls.csv"
 
 
@@ -59,6 +65,8 @@ def findings(df: pd.DataFrame, meta: dict[str, Any]) -> list[str]:
     out: list[str] = []
     if df.empty:
         return ["No point was measured."]
+    # An attempt that a re-measurement replaced is stated nowhere but in the count of them.
+    everything, df = df, final_attempts(df)
     ok = df[(df["status"] == STATUS_OK) & df["workload"].isin(["closed", "churn"])]
     for workload, rows in ok.groupby("workload"):
         levels = sorted(rows["connections"].unique())
@@ -79,6 +87,7 @@ def findings(df: pd.DataFrame, meta: dict[str, Any]) -> list[str]:
     for model, rows in failed.groupby("model"):
         first = rows.sort_values("connections").iloc[0]
         out.append(f"{model} failed at {int(first['connections']):,} connections: {first['reason']}.")
+    out.extend(tcp_findings(df, meta))
     skipped = df[df["status"] == "skipped"]
     if not skipped.empty:
         out.append(f"{len(skipped)} point(s) were skipped before they started; the table says why.")
@@ -98,7 +107,54 @@ def findings(df: pd.DataFrame, meta: dict[str, Any]) -> list[str]:
                 f"(e.g. {disturbed.iloc[0]['model']} at {int(disturbed.iloc[0]['connections']):,}: "
                 f"{disturbed.iloc[0]['disturbed']})."
             )
+    out.extend(caveat_findings(everything))
     out.extend(meta.get("summary", {}).get("warnings", []))
+    return out
+
+
+def caveat_findings(df: pd.DataFrame) -> list[str]:
+    """Sentences about the points' own steadiness and the host under them: unsteady windows,
+    host shifts found by the probe and the points measured again, and how far apart the models
+    were when paired with the reference within each repeat."""
+    out: list[str] = []
+    current = final_attempts(df)
+    if "unsteady" in current.columns:
+        shaky = current[truthy(current["unsteady"])]
+        if not shaky.empty:
+            worst = shaky.sort_values("stability", ascending=False).iloc[0]
+            out.append(
+                f"{len(shaky)} point(s) were unsteady: their rate per 100 ms varied beyond what counting noise "
+                f"explains (worst: {worst['model']} at {int(worst['connections']):,} connections, CV "
+                f"{float(worst['stability']):.0%}); the table's timeline column shows each point over time."
+            )
+    redone = int(truthy(df["superseded"]).sum()) if "superseded" in df.columns else 0
+    if "host_shifted" in current.columns:
+        shifted = current[truthy(current["host_shifted"])]
+        if redone or not shifted.empty:
+            text = f"The probe before each point found the host shifted {len(shifted) + redone} time(s)"
+            if redone:
+                text += f"; {redone} attempt(s) were measured again (--remeasure), and only the last enters statistics"
+            if not shifted.empty:
+                text += f"; {len(shifted)} point(s) are still flagged host_shifted"
+            out.append(text + ".")
+    level = headline_level(current)
+    if level is not None and "rps_ratio" in current.columns:
+        closed = current[(current["workload"] == "closed") & (current["status"] == STATUS_OK)]
+        at = closed[closed["connections"] == level]
+        ratios = at.dropna(subset=["rps_ratio"]).drop_duplicates("model")
+        reference = ratios["reference"].dropna().iloc[0] if not ratios.empty else None
+        others = ratios[ratios["model"] != reference]
+        if reference and not others.empty:
+            parts = []
+            for row in others.sort_values("rps_ratio", ascending=False).itertuples():
+                ci = ""
+                if pd.notna(row.rps_ratio_ci_low) and pd.notna(row.rps_ratio_ci_high):
+                    ci = f" ({row.rps_ratio_ci_low:.2f}-{row.rps_ratio_ci_high:.2f})"
+                parts.append(f"{row.model} {row.rps_ratio:.2f}{ci}")
+            out.append(
+                f"Paired with {reference} in each repeat at {level:,} connections (req/s ratio, median over repeats, "
+                f"95% bootstrap CI): {', '.join(parts)}."
+            )
     return out
 
 
@@ -175,7 +231,7 @@ def baseline_findings(closed: pd.DataFrame) -> list[str]:
     return out
 
 
-def _plots(df: pd.DataFrame) -> list[dict[str, str]]:
+def _plots(df: pd.DataFrame, timelines: dict[str, dict[str, Any]]) -> list[dict[str, str]]:
     plots = []
     main = df[df["workload"].isin(["closed", "churn", "open"]) & (df.get("idle", 0).fillna(0) == 0)]
     if len(main["workload"].unique()) > 1:
@@ -206,6 +262,11 @@ def _plots(df: pd.DataFrame) -> list[dict[str, str]]:
             "offered rate, requests per second", log_x=False, log_y=True, series="series",
         )  # fmt: skip
         plots.append({"id": "plot-open-p99", "title": "p99 latency against offered rate", "svg": svg})
+    if (level := headline_level(df)) is not None:
+        if svg := timeline_plot(df, timelines, level):
+            plots.append({"id": "plot-timeline", "title": f"Throughput over time at {level:,} connections", "svg": svg})
+        if svg := cost_plot(df, level):
+            plots.append({"id": "plot-cost", "title": f"Server cost per request at {level:,} connections", "svg": svg})
     return plots
 
 
@@ -258,12 +319,23 @@ def render_report(run_path: Path) -> Path:
     run_dir = RunDirectory(run_path)
     meta = run_dir.read_run()
     df = load_points(run_dir)
+    timelines = {
+        pid: h["timeline"] for pid, h in run_dir.read_histograms().items() if isinstance(h.get("timeline"), dict)
+    }
+    # Every attempt is a row of the table; only final attempts are plotted and stated.
+    current = final_attempts(df)
+    replaced = set(df.index) - set(current.index)
     rows = []
-    columns = [c for c in TABLE_COLUMNS if c in df.columns]
-    for _, row in df.iterrows():
-        cells = [
-            (_fmt(row[c]), "text" + (" wide" if c == "reason" else "") if c in TEXT_COLUMNS else "") for c in columns
-        ]
+    columns = [c for c in TABLE_COLUMNS if c in df.columns or c == TIMELINE]
+    for index, row in df.iterrows():
+        cells = []
+        for c in columns:
+            if c == TIMELINE:
+                timeline = timelines.get(row["point_id"]) if index not in replaced else None
+                unsteady = str(row.get("unsteady")).lower() == "true"
+                cells.append((sparkline(timeline, unsteady) if timeline else "", "spark"))
+            else:
+                cells.append((_fmt(row[c]), "text" + (" wide" if c == "reason" else "") if c in TEXT_COLUMNS else ""))
         rows.append({"status": row.get("status", ""), "cells": cells})
     from bench.engines import describe as describe_engine
     from bench.host import flatten_host, show_value
@@ -273,7 +345,7 @@ def render_report(run_path: Path) -> Path:
     html = env.get_template("report.html.j2").render(
         meta=meta,
         findings=findings(df, meta),
-        plots=_plots(df) if not df.empty else [],
+        plots=_plots(current, timelines) if not df.empty else [],
         columns=columns,
         rows=rows,
         counts=df["status"].value_counts().to_dict() if not df.empty else {},

@@ -3,7 +3,8 @@
 Lines are medians over repeats of ok points; where the run has confidence intervals (repeats)
 they are drawn as error bars. Failed and skipped points are red crosses at the foot of the
 plot where they happened; client-bound points are hollow squares and disturbed points orange
-rings around the line's marker, so nobody reads a number without its caveat.
+rings (also when the probe found the host shifted) and unsteady points purple diamonds around
+the line's marker, so nobody reads a number without its caveat.
 """
 
 from __future__ import annotations
@@ -30,8 +31,26 @@ FOOT = 0.09
 CI_COLUMNS = {"rps": ("rps_ci_low", "rps_ci_high"), "p99_us": ("p99_ci_low", "p99_ci_high")}
 
 
+# Caveats drawn around a point's marker: (marker, colour; None for the line's own), and the legend's words.
+FLAG_STYLES = {"client_bound": ("s", None), "disturbed": ("o", "darkorange"), "unsteady": ("D", "purple")}
+FLAG_LABELS = {"client_bound": "client-bound", "disturbed": "disturbed / host shifted", "unsteady": "unsteady"}
+
+
 def _truthy(series: pd.Series) -> pd.Series:
     return series.astype(str).str.lower().isin(["true", "1", "yes"])
+
+
+def flagged(df: pd.DataFrame, flag: str) -> pd.Series:
+    """Rows carrying a caveat: a true flag column; for 'disturbed', a reason in that column or
+    a probe that found the host shifted before the point."""
+    hit = pd.Series(False, index=df.index)
+    if flag == "disturbed":
+        if "disturbed" in df.columns:
+            hit |= df["disturbed"].fillna("").astype(str) != ""
+        flag = "host_shifted"
+    if flag in df.columns:
+        hit |= _truthy(df[flag])
+    return hit
 
 
 def to_svg(fig: plt.Figure) -> str:
@@ -40,6 +59,15 @@ def to_svg(fig: plt.Figure) -> str:
     plt.close(fig)
     svg = buf.getvalue()
     return svg[svg.index("<svg") :]
+
+
+def model_styles(names: list[str]) -> dict[str, tuple[tuple[float, ...], str]]:
+    """A (colour, marker) per series name, in order: thirteen models outnumber the default ten
+    colours, so colours are paired with marker shapes."""
+    palette = plt.get_cmap("tab20").colors
+    return {
+        n: (palette[(2 * i) % 20 if i < 10 else (2 * i + 1) % 20], "osD^v<>ph*"[i % 10]) for i, n in enumerate(names)
+    }
 
 
 def line_plot(
@@ -55,12 +83,7 @@ def line_plot(
 ) -> str:
     fig, ax = plt.subplots(figsize=(7.4, 3.9), dpi=100)
     ok = df[df["status"] == STATUS_OK]
-    # Thirteen models outnumber the default ten colours: pair colours with marker shapes.
-    names = list(dict.fromkeys(ok[series]))
-    palette = plt.get_cmap("tab20").colors
-    styles = {
-        n: (palette[(2 * i) % 20 if i < 10 else (2 * i + 1) % 20], "osD^v<>ph*"[i % 10]) for i, n in enumerate(names)
-    }
+    styles = model_styles(list(dict.fromkeys(ok[series])))
     ci = CI_COLUMNS.get(y)
     drawn = False
     for name, group in ok.groupby(series, sort=False):
@@ -78,15 +101,11 @@ def line_plot(
             )  # fmt: skip
         else:
             (line,) = ax.plot(stats.index, stats.values, marker=styles[name][1], color=styles[name][0], label=name)
-        for flag, style in (("client_bound", {"marker": "s"}), ("disturbed", {"marker": "o"})):
-            if flag not in group.columns:
-                continue
-            hit = group[_truthy(group[flag])] if flag == "client_bound" else group[group[flag].fillna("") != ""]
-            xs = sorted(set(hit[x]) & set(stats.index))
+        for flag, (marker, color) in FLAG_STYLES.items():
+            xs = sorted(set(group.loc[flagged(group, flag), x]) & set(stats.index))
             if xs:
-                color = line.get_color() if flag == "client_bound" else "darkorange"
                 ax.plot(xs, stats.loc[xs].values, linestyle="none", markersize=13, markerfacecolor="none",
-                        markeredgecolor=color, markeredgewidth=1.5, **style)  # fmt: skip
+                        markeredgecolor=color or line.get_color(), markeredgewidth=1.5, marker=marker)  # fmt: skip
     _mark_failures(ax, df, x, series)
     if log_x:
         ax.set_xscale("log")
@@ -138,12 +157,11 @@ def _legend(ax: plt.Axes, df: pd.DataFrame) -> None:
     if (df["status"] != STATUS_OK).any():
         handles.append(Line2D([], [], marker="x", color="crimson", linestyle="none", mew=2))
         labels.append("failed / skipped")
-    if "client_bound" in df.columns and _truthy(df["client_bound"]).any():
-        handles.append(Line2D([], [], marker="s", markerfacecolor="none", color="grey", linestyle="none"))
-        labels.append("client-bound")
-    if "disturbed" in df.columns and (df["disturbed"].fillna("") != "").any():
-        handles.append(Line2D([], [], marker="o", markerfacecolor="none", color="darkorange", linestyle="none"))
-        labels.append("disturbed")
+    for flag, (marker, color) in FLAG_STYLES.items():
+        if flagged(df, flag).any():
+            handle = Line2D([], [], marker=marker, markerfacecolor="none", color=color or "grey", linestyle="none")
+            handles.append(handle)
+            labels.append(FLAG_LABELS[flag])
     if handles:
         # Outside the axes: with a dozen models a legend inside would cover the data.
         ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, frameon=False)

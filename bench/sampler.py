@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import psutil
@@ -30,6 +31,33 @@ class TreeSample:
     ctx_involuntary: int
     uss_bytes: int | None = None
     pss_bytes: int | None = None
+    # user + sys to the nanosecond where the kernel allows (task_runtime_s), in seconds.
+    cpu_s: float = 0.0
+
+
+def task_runtime_s(pid: int, every_thread: bool = False) -> float | None:
+    """Seconds a process has run on a CPU, from /proc/PID/schedstat's first field,
+    sum_exec_runtime in ns (kernel/sched/stats.c, CONFIG_SCHED_INFO): of its main thread, or
+    with `every_thread` summed over /proc/PID/task/*/schedstat (threads that have exited are
+    not there); None where it cannot be read.
+
+    /proc/PID/stat's utime and stime are USER_HZ ticks (10 ms), truncated: fork's thousand
+    children, each running a millisecond per second, then read as using no CPU at all."""
+    paths = [f"/proc/{pid}/schedstat"]
+    if every_thread:
+        try:
+            paths = [f"/proc/{pid}/task/{tid}/schedstat" for tid in os.listdir(f"/proc/{pid}/task")]
+        except OSError:
+            return None
+    total = 0
+    for path in paths:
+        try:
+            with open(path) as fh:
+                total += int(fh.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            if not every_thread:
+                return None
+    return total / 1e9
 
 
 def thread_ctx_switches(pid: int) -> tuple[int, int]:
@@ -55,27 +83,54 @@ def thread_ctx_switches(pid: int) -> tuple[int, int]:
     return vol, invol
 
 
-def sample_tree(pid: int, with_uss: bool = False, with_ctx: bool = False, with_fds: bool = False) -> TreeSample | None:
-    """One reading of the tree, timed at its middle (the processes are read one after another).
+def sample_tree(
+    pid: int,
+    with_uss: bool = False,
+    with_ctx: bool = False,
+    with_fds: bool = False,
+    precise_cpu: bool = False,
+    then: Callable[[], object] | None = None,
+) -> TreeSample | None:
+    """One reading of the tree, timed at the middle of its CPU-time reads.
 
     `with_uss` adds the unique and proportional set sizes (reads smaps; summed over a forked
     tree USS counts no shared page and PSS each exactly once, where RSS would count them per
-    child), `with_ctx` every thread's context switches, `with_fds` the open descriptors."""
-    started = time.monotonic()
+    child), `with_ctx` every thread's context switches, `with_fds` the open descriptors,
+    `precise_cpu` every thread's run time to the nanosecond (cpu_s; otherwise a single-threaded
+    process's alone, and a multi-threaded one's from ticks, truncated once); `then` is called
+    right after the CPU times are read, before the costly reads. These
+    costly reads come in a second pass: with a thousand threads or children they take tens of
+    milliseconds, and timing the CPU times at the middle of everything would shorten or stretch
+    the span a CPU share is divided by."""
     try:
         root = psutil.Process(pid)
         procs = [root, *root.children(recursive=True)]
     except psutil.Error:
         return None
-    user = sys_ = 0.0
+    user = sys_ = total = 0.0
     rss = threads = fds = vol = invol = uss = pss = 0
-    alive = 0
+    started = time.monotonic()
+    alive = []
     for proc in procs:
         try:
+            times = proc.cpu_times()
+            single = proc.num_threads() == 1
+        except psutil.Error:
+            continue
+        user += times.user + times.children_user
+        sys_ += times.system + times.children_system
+        ticks = times.user + times.system
+        # The ticks, truncated, can only be lower; threads that exited are in them alone.
+        precise = task_runtime_s(proc.pid) if single else task_runtime_s(proc.pid, True) if precise_cpu else None
+        total += max(precise or 0.0, ticks) + times.children_user + times.children_system
+        alive.append(proc)
+    at = (started + time.monotonic()) / 2
+    if then is not None:
+        then()
+    counted = 0
+    for proc in alive:
+        try:
             with proc.oneshot():
-                times = proc.cpu_times()
-                user += times.user + times.children_user
-                sys_ += times.system + times.children_system
                 rss += proc.memory_info().rss
                 threads += proc.num_threads()
                 if with_fds:
@@ -88,19 +143,19 @@ def sample_tree(pid: int, with_uss: bool = False, with_ctx: bool = False, with_f
                     full = proc.memory_full_info()
                     uss += full.uss
                     pss += full.pss
-                alive += 1
+                counted += 1
         except psutil.Error:
             continue
-    at = (started + time.monotonic()) / 2
     if not with_uss:
-        return TreeSample(at, user, sys_, rss, threads, fds, alive, vol, invol)
-    return TreeSample(at, user, sys_, rss, threads, fds, alive, vol, invol, uss, pss)
+        return TreeSample(at, user, sys_, rss, threads, fds, counted, vol, invol, cpu_s=total)
+    return TreeSample(at, user, sys_, rss, threads, fds, counted, vol, invol, uss, pss, cpu_s=total)
 
 
 @dataclass
 class WindowUsage:
-    cpu_user_s: float
-    cpu_sys_s: float
+    # user and sys: the precise total split as the ticks split; None when no tick was sampled.
+    cpu_user_s: float | None
+    cpu_sys_s: float | None
     peak_rss_bytes: int
     peak_threads: int
     peak_fds: int
@@ -110,6 +165,8 @@ class WindowUsage:
     ctx_involuntary: int | None
     uss_bytes: int | None
     pss_bytes: int | None = None
+    # user + sys, seconds.
+    cpu_s: float = 0.0
 
 
 class TreeSampler:
@@ -121,8 +178,8 @@ class TreeSampler:
         self.last: TreeSample | None = None
         self.peaks = [0, 0, 0, 0]
 
-    def _take(self, **costly: bool) -> TreeSample | None:
-        sample = sample_tree(self.pid, **costly)
+    def _take(self, then: Callable[[], object] | None = None, **costly: bool) -> TreeSample | None:
+        sample = sample_tree(self.pid, then=then, **costly)
         if sample is not None:
             self.peaks = [
                 max(self.peaks[0], sample.rss_bytes),
@@ -134,18 +191,26 @@ class TreeSampler:
         return sample
 
     def begin(self) -> None:
-        self.first = self._take(with_ctx=True)
+        self.first = self._take(with_ctx=True, precise_cpu=True)
 
     def tick(self) -> None:
         self._take()
 
-    def end(self) -> WindowUsage | None:
-        self._take(with_uss=True, with_ctx=True, with_fds=True)
+    def end(self, then: Callable[[], object] | None = None) -> WindowUsage | None:
+        """The window's usage; `then` runs right after the last CPU reading (sample_tree)."""
+        self._take(then, with_uss=True, with_ctx=True, with_fds=True, precise_cpu=True)
         if self.first is None or self.last is None or self.last is self.first:
             return None
+        total = max(self.last.cpu_s - self.first.cpu_s, 0.0)
+        user_ticks = self.last.cpu_user_s - self.first.cpu_user_s
+        sys_ticks = self.last.cpu_sys_s - self.first.cpu_sys_s
+        ticks = user_ticks + sys_ticks
+        user = total * user_ticks / ticks if ticks > 0 else None
+        sys_ = total * sys_ticks / ticks if ticks > 0 else None
         return WindowUsage(
-            cpu_user_s=self.last.cpu_user_s - self.first.cpu_user_s,
-            cpu_sys_s=self.last.cpu_sys_s - self.first.cpu_sys_s,
+            cpu_user_s=user,
+            cpu_sys_s=sys_,
+            cpu_s=total,
             peak_rss_bytes=self.peaks[0],
             peak_threads=self.peaks[1],
             peak_fds=self.peaks[2],

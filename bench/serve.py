@@ -16,6 +16,8 @@ import time
 
 from bench.errors import UsageError
 from bench.processes import spawn_python, terminate_tree
+from bench.tcp_counters import check_backlog
+from servers.base import DEFAULT_BACKLOG
 
 
 def add_serve_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -25,6 +27,12 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     serve.add_argument("--port", type=int, default=0, help="port (default 0: any free port, printed)")
     serve.add_argument("--server-workers", type=int, default=1, help="SO_REUSEPORT processes (event-driven models)")
     serve.add_argument("--fork-cap", type=int, default=1000, help="live children the fork model may have")
+    serve.add_argument(
+        "--backlog",
+        type=int,
+        default=DEFAULT_BACKLOG,
+        help=f"listen() backlog (default {DEFAULT_BACKLOG}); the kernel caps it at net.core.somaxconn",
+    )
     serve.add_argument("--duration", type=float, default=600.0, help="stop after this many seconds (default 600)")
     serve.set_defaults(func=cmd_serve)
     return serve
@@ -46,7 +54,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if bad_duration or args.server_workers < 1 or args.fork_cap < 1 or not 0 <= args.port < 65536:
         raise UsageError("--duration must be > 0, --server-workers and --fork-cap >= 1, --port 0..65535")
     server_args = [args.model, "--host", args.host, "--port", str(args.port), "--fork-cap", str(args.fork_cap)]
-    server_args += ["--workers", str(args.server_workers)]
+    server_args += ["--workers", str(args.server_workers), "--backlog", str(check_backlog(args.backlog))]
     signal.signal(signal.SIGTERM, _stop)
     server = spawn_python("servers", server_args)
     try:

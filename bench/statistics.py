@@ -49,13 +49,37 @@ def estimate(values: list[float] | np.ndarray, seed: int = 0) -> Estimate:
     return Estimate(median, float(low), float(high), cv, int(data.size))
 
 
-def _key_frame(df: pd.DataFrame) -> pd.DataFrame:
-    keys = df.reindex(columns=POINT_KEY).copy()
+def _key_frame(df: pd.DataFrame, columns: list[str] = POINT_KEY) -> pd.DataFrame:
+    keys = df.reindex(columns=columns).copy()
     return keys.fillna("").astype(str)
 
 
-def add_repeat_statistics(df: pd.DataFrame) -> pd.DataFrame:
-    """Fill rps_* and p99_* statistics into every row from the ok rows of its point."""
+def truthy(series: pd.Series) -> pd.Series:
+    """A boolean column as points.csv holds it (True/true/1 as text, or bools), as bools."""
+    return series.fillna("").astype(str).str.lower().isin({"true", "1", "1.0"})
+
+
+def counted(df: pd.DataFrame) -> pd.Series:
+    """The rows that enter statistics: ok, and not an attempt that a re-measurement replaced."""
+    ok = df["status"] == STATUS_OK
+    if "superseded" in df.columns:
+        ok &= ~truthy(df["superseded"])
+    return ok
+
+
+def final_attempts(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows that a re-measurement (--remeasure) did not replace."""
+    return df[~truthy(df["superseded"])] if "superseded" in df.columns else df
+
+
+def default_reference(models: list[str]) -> str:
+    """The model the paired ratios divide by: native (the C baseline) when it ran, else the first."""
+    return "native" if "native" in models else (models[0] if models else "")
+
+
+def add_repeat_statistics(df: pd.DataFrame, reference: str = "") -> pd.DataFrame:
+    """Fill rps_* and p99_* statistics into every row from the counted rows of its point, and
+    the paired ratios to `reference` (a model of the run; '' for none)."""
     out = df.copy()
     if out.empty:
         return out
@@ -66,7 +90,7 @@ def add_repeat_statistics(df: pd.DataFrame) -> pd.DataFrame:
     out["repeats_ok"] = np.nan
     keys = _key_frame(out)
     groups = keys.apply(tuple, axis=1)
-    ok = out["status"] == STATUS_OK
+    ok = counted(out)
     for group in groups.unique():
         members = groups == group
         good = members & ok
@@ -79,7 +103,35 @@ def add_repeat_statistics(df: pd.DataFrame) -> pd.DataFrame:
             out.loc[members, f"{prefix}_ci_high"] = est.ci_high
             out.loc[members, f"{prefix}_cv"] = est.cv
         out.loc[members, "repeats_ok"] = float(good.sum())
-    return out
+    return add_paired_ratios(out, reference, groups, ok)
+
+
+def add_paired_ratios(df: pd.DataFrame, reference: str, groups: pd.Series, ok: pd.Series) -> pd.DataFrame:
+    """`rps_vs_reference`: each counted row's req/s over the reference model's in the same
+    repeat at the same point (same workload, connections, idle, ...); `rps_ratio` with
+    `rps_ratio_ci_low`/`_high`: the median of those per-repeat ratios and its bootstrap 95% CI.
+
+    The models of one repeat are measured back to back, so a phase of the host that slows the
+    whole repeat divides out of the ratio; the ratio's spread is therefore the honest measure
+    of how far apart two models are, where overlapping CIs of their req/s would call them equal."""
+    for column in ("rps_vs_reference", "rps_ratio", "rps_ratio_ci_low", "rps_ratio_ci_high"):
+        df[column] = np.nan
+    df["reference"] = reference or np.nan
+    if not reference:
+        return df
+    context = _key_frame(df, [c for c in POINT_KEY if c != "model"] + ["repeat"]).apply(tuple, axis=1)
+    rps = pd.to_numeric(df["rps"], errors="coerce")
+    ref_rows = ok & (df["model"] == reference) & (rps > 0)
+    ref_rps = dict(zip(context[ref_rows], rps[ref_rows], strict=True))
+    paired = ok & context.map(lambda c: c in ref_rps)
+    df.loc[paired, "rps_vs_reference"] = rps[paired] / context[paired].map(ref_rps)
+    for group in groups[paired].unique():
+        members = groups == group
+        est = estimate(df.loc[members & paired, "rps_vs_reference"].to_numpy())
+        df.loc[members, "rps_ratio"] = est.median
+        df.loc[members, "rps_ratio_ci_low"] = est.ci_low
+        df.loc[members, "rps_ratio_ci_high"] = est.ci_high
+    return df
 
 
 def ranking_warnings(df: pd.DataFrame) -> list[str]:
@@ -88,7 +140,7 @@ def ranking_warnings(df: pd.DataFrame) -> list[str]:
     warnings: list[str] = []
     if df.empty or "rps_median" not in df.columns:
         return warnings
-    ok = df[(df["status"] == STATUS_OK) & df["rps_ci_low"].notna()]
+    ok = df[counted(df) & df["rps_ci_low"].notna()]
     if ok.empty:
         return warnings
     points = ok.drop_duplicates(subset=[c for c in POINT_KEY if c in ok.columns])
@@ -111,12 +163,13 @@ def ranking_warnings(df: pd.DataFrame) -> list[str]:
     return warnings
 
 
-def finalize_run_statistics(run_dir: RunDirectory) -> list[str]:
-    """Fill the statistics columns of points.csv from its rows; return the ranking warnings."""
+def finalize_run_statistics(run_dir: RunDirectory, reference: str = "") -> list[str]:
+    """Fill the statistics columns of points.csv from its rows, with paired ratios to the
+    `reference` model; return the ranking warnings."""
     rows = run_dir.read_points()
     if not rows:
         return []
-    df = add_repeat_statistics(pd.DataFrame(rows, dtype=str))
+    df = add_repeat_statistics(pd.DataFrame(rows, dtype=str), reference)
     for column in ("rps_median", "rps_ci_low", "rps_ci_high", "rps_cv", "p99_median", "p99_ci_low", "p99_ci_high"):
         if column in df.columns:
             df[column] = pd.to_numeric(df[column], errors="coerce")

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -11,11 +12,13 @@ from bench.columns import STATUS_SKIPPED
 from bench.cpus import Pinning
 from bench.find_max import find_max_rate
 from bench.host import describe_host
+from bench.host_probe import PROBE_METHOD, HostProbe, ShiftWatch
 from bench.point import PointSpec, Timing, run_point, unmeasured_row
 from bench.preflight import SERVER_FD_MARGIN, nofile_limit
 from bench.results_store import RunDirectory, new_run_id, new_run_meta, recording_status
-from bench.statistics import finalize_run_statistics
+from bench.statistics import default_reference, finalize_run_statistics
 from servers import registry
+from servers.base import DEFAULT_BACKLOG
 
 
 @dataclass(frozen=True)
@@ -43,9 +46,15 @@ class RunConfig:
     engine: str = "c"
     # Why the run uses another engine than the one it would have by default (bench.engines).
     engine_warnings: list[str] = field(default_factory=list)
+    # The model paired ratios divide by; '' picks default_reference(models).
+    reference: str = ""
     locust_workers: int = 0
     locust_ui: bool = False
     locust_remote_workers: int = 0
+    # Measure a point flagged host_shifted again, up to this many times (bench.host_probe).
+    remeasure: int = 0
+    # listen()'s backlog for the servers bench starts (--backlog); None with --target.
+    backlog: int | None = DEFAULT_BACKLOG
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -104,13 +113,120 @@ def plan(config: RunConfig) -> list[PointSpec]:
                             locust_workers=config.locust_workers,
                             locust_ui=config.locust_ui,
                             locust_remote_workers=config.locust_remote_workers,
+                            backlog=config.backlog or DEFAULT_BACKLOG,
                         )
                     )
     return specs
 
 
 def _summary(run_dir: RunDirectory, config: RunConfig) -> dict:
-    return {"warnings": [*config.engine_warnings, *finalize_run_statistics(run_dir)]}
+    reference = config.reference or default_reference(config.models)
+    return {
+        "warnings": [*config.engine_warnings, *finalize_run_statistics(run_dir, reference)],
+        **_shift_summary(run_dir),
+    }
+
+
+def _shift_summary(run_dir: RunDirectory) -> dict[str, int]:
+    """`remeasured`: points measured more than once because the host had shifted (their final
+    attempt is > 1); `host_shifted`: final rows still flagged (shifted on every attempt)."""
+    final = [r for r in run_dir.read_points() if str(r.get("superseded")).lower() != "true"]
+    return {
+        "remeasured": sum(1 for r in final if float(r.get("attempt") or 1) > 1),
+        "host_shifted": sum(1 for r in final if str(r.get("host_shifted")).lower() == "true"),
+    }
+
+
+class _ProbeHook:
+    """bench.point's before_measure hook: probe the host, put the figures in the row, and keep
+    the verdict against the run's history for the sweep to act on (the last call wins: a point
+    measured again with more load workers is probed again)."""
+
+    def __init__(self, watch: ShiftWatch) -> None:
+        self.watch = watch
+        self.probe: HostProbe | None = None
+        self.shift = ""
+        self.error = ""
+
+    def __call__(self, row: dict) -> None:
+        try:
+            self.probe, self.shift = self.watch.check()
+        except OSError as exc:
+            self.probe, self.shift, self.error = None, "", f"host probe failed: {exc}"
+            return
+        self.error = ""
+        row.update(self.probe.fields())
+
+    def mark(self, row: dict) -> None:
+        """Fill host_shifted and add the verdict (or the probe's failure) to the row's reason."""
+        if self.probe is not None:
+            row["host_shifted"] = bool(self.shift)
+        if note := self.shift or self.error:
+            row["reason"] = "; ".join(filter(None, [row.get("reason"), note]))
+
+
+def _attempts(
+    run_id: str, spec: PointSpec, timing: Timing, pinning: Pinning, watch: ShiftWatch, remeasure: int
+) -> Iterator[tuple[dict, dict[str, str]]]:
+    """The point, measured once more while the probe before it says the host shifted, up to
+    `remeasure` times. Every attempt is a row with its number in `attempt`; an attempt that a
+    later one replaces has `superseded` True, and only the final attempt may enter statistics."""
+    for attempt in range(1, remeasure + 2):
+        hook = _ProbeHook(watch)
+        row, hists = run_point(run_id, spec, timing, pinning, hook)
+        hook.mark(row)
+        again = bool(hook.shift) and attempt <= remeasure
+        row.update(attempt=attempt, superseded=again)
+        if again:
+            row["reason"] += f"; measured again (attempt {attempt + 1})"
+            # histograms.jsonl is keyed by point_id and RunDirectory.read_histograms keeps the
+            # last line per point_id: a superseded attempt's histograms are not written, so the
+            # ones kept are the final attempt's (even when it failed before it had any).
+            yield row, {}
+            continue
+        if hook.probe is not None:
+            # One vote per point in the history (bench.host_probe.ShiftWatch).
+            watch.record(hook.probe)
+        yield row, hists
+        return
+
+
+def _searched(
+    results: Iterable[tuple[dict, dict[str, str]]], watch: ShiftWatch | None
+) -> Iterator[tuple[dict, dict[str, str]]]:
+    """--find-max: one probe before the search, its figures and verdict on every row of it.
+    A search is not re-measured: its steps are a bisection whose earlier steps chose the later
+    rates, and it confirms a missed objective by itself (bench.find_max)."""
+    hook = _ProbeHook(watch) if watch is not None else None
+    fields: dict = {}
+    if hook is not None:
+        hook(fields)
+        if hook.probe is not None:
+            hook.watch.record(hook.probe)
+    for row, hists in results:
+        row.update(fields, attempt=1, superseded=False)
+        if hook is not None:
+            hook.mark(row)
+        yield row, hists
+
+
+def _start_watch(config: RunConfig, specs: list[PointSpec], meta: dict) -> ShiftWatch | None:
+    """The run's host-shift watch with its baseline probes taken, recorded in run.json's
+    `host_probe`; None when no point will be measured or the probe cannot run here (then said
+    in `host_probe.error` and on stderr, and points are measured unprobed)."""
+    if all(spec.model in config.unavailable for spec in specs):
+        return None
+    watch = ShiftWatch(config.pinning.server, config.pinning.client)
+    meta["host_probe"] = {"method": PROBE_METHOD, "threshold": watch.threshold}
+    try:
+        watch.start()
+    except OSError as exc:
+        meta["host_probe"]["error"] = f"the host probe failed, points are not probed: {exc}"
+        print(f"warning: {meta['host_probe']['error']}", file=sys.stderr, flush=True)
+        return None
+    baseline = {str(cpu): [round(v, 3) for v in values] for cpu, values in watch.history.items()}
+    meta["host_probe"]["baseline_us"] = baseline
+    return watch
 
 
 def run_sweep(config: RunConfig, on_point: Callable[[dict, Path], None] | None = None) -> RunDirectory:
@@ -129,16 +245,20 @@ def run_sweep(config: RunConfig, on_point: Callable[[dict, Path], None] | None =
     # description, which records the CPUs this process may use).
     os.sched_setaffinity(0, set(config.pinning.client))
     with recording_status(run_dir, meta, on_finish=lambda m: m.update(summary=_summary(run_dir, config))):
+        watch = _start_watch(config, specs, meta)
         for spec in specs:
             timing = Timing(config.duration_s, config.warmup_s, config.ready_timeout_s, config.quiet_wait_s)
             if spec.model in config.unavailable:
                 reason = f"unavailable here: {config.unavailable[spec.model]}"
                 results = [(unmeasured_row(run_id, spec, STATUS_SKIPPED, reason), {})]
             elif config.slo_p99_us is not None:
-                results = find_max_rate(run_id, spec, timing, config.pinning, config.slo_p99_us)
+                results = _searched(find_max_rate(run_id, spec, timing, config.pinning, config.slo_p99_us), watch)
+            elif watch is not None:
+                results = _attempts(run_id, spec, timing, config.pinning, watch, config.remeasure)
             else:
                 results = [run_point(run_id, spec, timing, config.pinning)]
             for row, hists in results:
+                row.setdefault("attempt", 1)
                 run_dir.append_point(row, hists)
                 if on_point is not None:
                     on_point(row, run_dir.path)

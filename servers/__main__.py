@@ -7,7 +7,7 @@ import sys
 
 from bench.child import die_with_parent, parse_cpus, pin_to_cpus
 from servers import registry
-from servers.base import ServerOptions, emit
+from servers.base import DEFAULT_BACKLOG, ServerOptions, emit
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -15,7 +15,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("model", help=f"one of: {', '.join(registry.model_names())}")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--backlog", type=int, default=4096)
+    parser.add_argument("--backlog", type=int, default=DEFAULT_BACKLOG)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--fork-cap", type=int, default=1000)
     parser.add_argument("--cpus", type=parse_cpus, default=None, help="pin to these CPUs, e.g. 0,1")

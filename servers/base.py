@@ -27,11 +27,16 @@ class ServerFailure(Exception):
     """A failure that is the model's own limit, with a reason meant for the report."""
 
 
+# listen()'s backlog when none is given: the kernel's default net.core.somaxconn since Linux 5.4
+# (include/linux/socket.h SOMAXCONN), which caps any larger value anyway (man 2 listen).
+DEFAULT_BACKLOG = 4096
+
+
 @dataclass(frozen=True)
 class ServerOptions:
     host: str = "127.0.0.1"
     port: int = 0
-    backlog: int = 4096
+    backlog: int = DEFAULT_BACKLOG
     workers: int = 1
     fork_cap: int = 1000
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 
 from servers.base import EchoServer
 
@@ -105,10 +106,29 @@ class IdleTimeoutServer(_PerConnectionThreads):
             conn.sendall(data)
 
 
+class StallingServer(_PerConnectionThreads):
+    """Echoes, but holds every echo back during the last STALL_S of each PERIOD_S of the
+    monotonic clock: throughput drops to zero for 400 ms every second, whenever a window falls."""
+
+    name = "stall"
+    mechanism = "a thread per connection; no echo leaves during 0.6-1.0 s of every second (CLOCK_MONOTONIC)"
+    PERIOD_S = 1.0
+    STALL_S = 0.4
+
+    def handle(self, conn: socket.socket) -> None:
+        while data := conn.recv(65536):
+            phase = time.monotonic() % self.PERIOD_S
+            if phase >= self.PERIOD_S - self.STALL_S:
+                # The fault under test: the server stalls until the period ends.
+                time.sleep(self.PERIOD_S - phase)
+            conn.sendall(data)
+
+
 EXTRA_MODELS = ",".join(
     [
         "corrupt=faulty_models:CorruptEchoServer",
         "idle-timeout=faulty_models:IdleTimeoutServer",
+        "stall=faulty_models:StallingServer",
         "crash=faulty_models:CrashOnAcceptServer",
         "never-ready=faulty_models:NeverReadyServer",
         "unavailable=faulty_models:UnavailableServer",

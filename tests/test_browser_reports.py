@@ -123,8 +123,13 @@ def test_report_page_in_a_browser(chromium, runs, capsys):
 
     figures = _svg_sizes(page, "figure.plot")
     ids = {f["id"] for f in figures}
-    assert {"plot-rps", "plot-p99_us"} <= ids, ids
+    assert {"plot-rps", "plot-p99_us", "plot-timeline", "plot-cost"} <= ids, ids
     _assert_drawn(figures)
+    # Every ok point's timeline is a sparkline in the table, drawn at a non-zero size.
+    sparks = page.eval_on_selector_all(
+        "#points svg.spark", "svgs => svgs.map(s => s.getBoundingClientRect().width * s.getBoundingClientRect().height)"
+    )
+    assert len(sparks) == page.locator("#points tbody tr.ok").count() == 6 and all(sparks), sparks
 
     findings = [t.strip() for t in page.locator("#findings li").all_text_contents()]
     assert findings and all(findings), findings

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -9,7 +10,8 @@ import pandas as pd
 import pytest
 from bench_cli import only_run_dir, read_points, run_bench
 
-from bench.statistics import estimate, ranking_warnings
+from bench.interference import HostSnapshot, cpu_split
+from bench.statistics import add_repeat_statistics, estimate, ranking_warnings
 
 
 def test_estimate_median_ci_and_cv():
@@ -19,6 +21,54 @@ def test_estimate_median_ci_and_cv():
     assert est.cv == pytest.approx(pd.Series([10.0, 12, 11, 13, 9]).std() / 11.0)
     single = estimate([5.0])
     assert single.median == 5.0 and single.ci_low is None and single.cv is None
+
+
+def test_cpu_split_sums_the_busy_fields_of_the_given_cpus_only():
+    def ticks(user, nice, system, idle, irq, softirq, steal):
+        return {"user": user, "nice": nice, "system": system, "idle": idle, "iowait": 0, "irq": irq,
+                "softirq": softirq, "steal": steal}  # fmt: skip
+
+    before = HostSnapshot(10.0, {0: ticks(100, 5, 50, 900, 1, 20, 3), 1: ticks(0, 0, 0, 0, 0, 0, 0)}, 0.0)
+    after = HostSnapshot(12.0, {0: ticks(160, 15, 90, 950, 3, 50, 9), 1: ticks(999, 0, 999, 0, 0, 999, 0)}, 0.0)
+    split = cpu_split(before, after, (0,))
+    tick = 1.0 / os.sysconf("SC_CLK_TCK")
+    # The total is the interval less idle, iowait and steal (precise under NO_HZ): 2 s less
+    # 50 idle and 6 steal ticks; the sampled fields only split it: user+nice 70, system+irq 42,
+    # softirq 30 of 142 sampled ticks. CPU 1 was not asked for.
+    busy = 2.0 - 56 * tick
+    assert split.busy_s == pytest.approx(busy) and split.seconds == pytest.approx(2.0)
+    assert split.user_s == pytest.approx(busy * 70 / 142)
+    assert split.sys_s == pytest.approx(busy * 42 / 142)
+    assert split.softirq_s == pytest.approx(busy * 30 / 142)
+    # A CPU with no busy tick sampled contributes nothing to split.
+    assert cpu_split(before, before, (0,)).busy_s == 0
+
+
+def test_paired_ratios_divide_within_a_repeat_and_skip_superseded_attempts():
+    def row(model, repeat, rps, **extra):
+        return {"model": model, "workload": "closed", "connections": 100, "payload": 64, "idle": 0,
+                "target_rate": "", "server_workers": 1, "status": "ok", "repeat": repeat, "rps": rps,
+                "p99_us": 100, **extra}  # fmt: skip
+
+    df = pd.DataFrame(
+        [
+            row("native", 0, 200.0), row("epoll", 0, 100.0),
+            row("native", 1, 100.0), row("epoll", 1, 60.0),
+            row("native", 2, 150.0), row("epoll", 2, 999.0, superseded="True"), row("epoll", 2, 90.0),
+            row("poll", 0, 50.0),
+        ]
+    )  # fmt: skip
+    out = add_repeat_statistics(df, "native")
+    epoll = out[(out["model"] == "epoll") & (out["superseded"] != "True")]
+    assert list(epoll["rps_vs_reference"]) == pytest.approx([0.5, 0.6, 0.6])
+    assert epoll["rps_ratio"].tolist() == pytest.approx([0.6] * 3)
+    # The replaced attempt enters neither the ratio nor the repeats' statistics.
+    assert out.loc[out["superseded"] == "True", "rps_vs_reference"].isna().all()
+    assert set(epoll["repeats_ok"]) == {3.0}
+    # poll's repeat 0 has its pair; the reference divides itself to exactly 1.
+    assert out.loc[out["model"] == "poll", "rps_vs_reference"].tolist() == pytest.approx([0.25])
+    assert set(out.loc[out["model"] == "native", "rps_vs_reference"]) == {1.0}
+    assert add_repeat_statistics(df, "")["rps_vs_reference"].isna().all()
 
 
 def test_ranking_warns_only_where_intervals_overlap():
@@ -56,6 +106,25 @@ def test_repeats_rotate_models_and_give_confidence_intervals(tmp_path, engine):
         assert float(r["server_cpu_user_us_per_req"]) + float(r["server_cpu_sys_us_per_req"]) > 0
         assert float(r["ctx_per_req"]) >= 0 and int(r["server_uss_bytes"]) > 0
         assert 0 <= float(r["softirq_pct"]) <= 100 and 0 <= float(r["steal_pct"]) <= 100
+        # The server CPU's busy time is the sum of its parts, and it holds the server's own
+        # processes' CPU: on a pinned CPU nothing is subtracted, only the kernel's work added
+        # (two USER_HZ ticks of slack: /proc/stat prints idle in 10 ms units).
+        parts = [float(r[f"server_cpus_{p}_us_per_req"]) for p in ("user", "sys", "softirq")]
+        assert float(r["server_cpus_us_per_req"]) == pytest.approx(sum(parts), rel=1e-3)
+        slack = 0.02 * 1e6 / float(r["rps"]) / float(r["duration_s"])
+        assert float(r["server_cpus_us_per_req"]) >= float(r["cpu_us_per_req"]) - slack
+        assert 0 <= float(r["server_cpus_softirq_share"]) <= 1
+    # Paired ratios: each repeat's req/s over the reference's (here the first model, epoll, as
+    # native did not run) in the same repeat, and their median over the repeats.
+    rps = {(r["model"], r["repeat"]): float(r["rps"]) for r in rows}
+    for r in rows:
+        assert r["reference"] == "epoll"
+        paired = rps[r["model"], r["repeat"]] / rps["epoll", r["repeat"]]
+        assert float(r["rps_vs_reference"]) == pytest.approx(paired, rel=1e-4)
+    ratios = sorted(rps["poll", k] / rps["epoll", k] for k in "012")
+    poll = next(r for r in rows if r["model"] == "poll")
+    assert float(poll["rps_ratio"]) == pytest.approx(ratios[1], rel=1e-4)
+    assert float(poll["rps_ratio_ci_low"]) <= float(poll["rps_ratio"]) <= float(poll["rps_ratio_ci_high"])
 
 
 @pytest.mark.timeout(120)

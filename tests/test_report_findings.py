@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from bench.report import baseline_findings
+from bench.report import baseline_findings, caveat_findings
+from bench.report_timeline import sparkline
 
 
 def _rows(model: str, rps: list[float], server_pct: float, client_pct: float, level: int = 100) -> list[dict]:
@@ -51,3 +52,40 @@ def test_busy_polling_and_a_saturated_pair_are_named_with_their_numbers():
     (text,) = baseline_findings(pair)
     assert "native's server (96% CPU) and its load worker (99%) were both saturated" in text
     assert "CPU per request: native 7.0 µs, uvloop 6.5 µs" in text
+
+
+def _point(model: str, repeat: int, **extra) -> dict:
+    return {"model": model, "workload": "closed", "connections": 100, "status": "ok", "repeat": repeat, **extra}
+
+
+def test_caveats_name_unsteady_points_redone_attempts_and_paired_ratios():
+    ratio = {"reference": "native", "rps_ratio": 0.8, "rps_ratio_ci_low": 0.75, "rps_ratio_ci_high": 0.85}
+    df = pd.DataFrame(
+        [
+            _point("native", 0, rps_ratio=1.0, rps_ratio_ci_low=1.0, rps_ratio_ci_high=1.0, reference="native"),
+            _point("epoll", 0, unsteady="True", stability=0.31, superseded="True", host_shifted="True", **ratio),
+            _point("epoll", 0, unsteady="False", stability=0.02, attempt=2, **ratio),
+            _point("poll", 0, unsteady="True", stability=0.18, host_shifted="True", **ratio),
+        ]
+    )
+    text = " ".join(caveat_findings(df))
+    # The replaced attempt is counted as redone, and its unsteadiness is not reported.
+    assert "1 point(s) were unsteady" in text and "poll at 100 connections, CV 18%" in text
+    assert "shifted 2 time(s); 1 attempt(s) were measured again" in text and "1 point(s) are still flagged" in text
+    assert "Paired with native in each repeat at 100 connections" in text and "epoll 0.80 (0.75-0.85)" in text
+
+
+def test_no_caveat_on_steady_points_without_a_reference():
+    df = pd.DataFrame([_point("epoll", 0, unsteady="False", stability=0.02, host_shifted="False")])
+    assert caveat_findings(df) == []
+
+
+def test_sparkline_draws_the_timeline_and_shades_the_window():
+    timeline = {"start": 0.0, "step_s": 0.1, "completed": [0, 500, 1000, 1000, 0, 1000], "window": [0.2, 0.6]}
+    svg = sparkline(timeline, unsteady=True)
+    assert svg.startswith("<svg") and "<rect" in svg
+    # One vertex per bin, the full bins at the top (y=1), the empty ones at the foot (y=21).
+    assert 'points="10.0,21.0 30.0,11.0 50.0,1.0 70.0,1.0 90.0,21.0 110.0,1.0"' in svg
+    # The tooltip gives the range inside the window: 0 to 10,000 req/s per 100 ms bin.
+    assert "0 to 10,000 in the window" in svg and "#b03a2e" in svg
+    assert sparkline({"step_s": 0.1, "completed": [0, 0, 0]}) == ""
