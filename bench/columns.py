@@ -119,6 +119,7 @@ POINT_COLUMNS = [
     # Host shifts: the probe before the point, per CPU set, and the verdict; re-measured attempts.
     "probe_server_us",
     "probe_client_us",
+    "probe_cross_us",
     "host_shifted",
     "attempt",
     "superseded",

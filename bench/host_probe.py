@@ -15,12 +15,11 @@ and not the alternatives the issue names:
 - It does what the benchmark does (send/recv system calls, the TCP stack, the softirq that
   loopback pays on the sending CPU, copies), so it slows down when what the benchmark is made
   of slows down: a busy SMT sibling, a lower clock, steal, another tenant on the CPU.
-- It involves no scheduler wake-up and no second CPU: loopback delivers the segment to the
-  peer's receive queue inside send() (loopback_xmit -> netif_rx, processed in the softirq run
-  on local_bh_enable, on the same CPU; drivers/net/loopback.c), so recv() never blocks. A
-  ping-pong against a server process (e.g. the native server) would add two wake-ups and
-  cross-CPU IPIs per round trip, i.e. the scheduler's and the hypervisor's noise, and would
-  need a server per CPU.
+- On one CPU it involves no scheduler wake-up: loopback delivers the segment to the peer's
+  receive queue inside send() (loopback_xmit -> netif_rx, processed in the softirq run on
+  local_bh_enable, on the same CPU; drivers/net/loopback.c), so recv() never blocks, and the
+  figure is the CPU's own speed. The wake-ups across CPUs, which turned out to be what this
+  host's phases slow, are timed separately (below).
 - A pure CPU loop (no system call) would miss a slower kernel path (mitigations toggled,
   contended softirq) and weigh the interpreter too much.
 - It is a fixed number of round trips, timed on the wall clock (time.perf_counter_ns), not
@@ -31,13 +30,22 @@ time, so it moves with the CPU's speed as the kernel's part does.
 The figure: µs per round trip, the median over CHUNKS timed chunks of the round trips, so that
 one interrupt or one preemption inside one chunk does not move it.
 
-Measured on this 2-core host (2026-11-30, EPYC VM, kernel 6.18): 10.5-10.6 µs per round trip,
-0.15 s per probe of both CPUs. 30 probes in a row with the guest idle: CV 0.2-0.7% per CPU, at
-most 4% from the median. At other times, the guest still idle, some probes read 13.3-14.0 µs
-(+25-32%), in bursts: the host's own state, not the probe (a process spinning on the other
-CPU did not move it: 10.59 vs 10.57 µs). Another process sharing the probed CPU doubles it,
-as it should. SHIFT_THRESHOLD (10%) sits well above the probe's own noise and below the
-+25% state; a departing probe is confirmed by a second one (ShiftWatch.check).
+Measured on this 2-core host (2026-11-30, EPYC VM, kernel 6.18): 10.5-10.9 µs per round trip on
+one CPU; 30 probes in a row with the guest idle: CV 0.2-0.7% per CPU, at most 4% from the
+median; at times a burst of 13.3-14.0 µs. Another process sharing the probed CPU doubles it.
+
+But the phases that move this host's benchmarks do not show on one CPU: alternating the probe
+with 1 s of benchmarks/plain_client.c against the native server (100 connections), the
+single-CPU figure stayed at 10.8 µs while the client went from 195k to 143k req/s and back,
+for seconds to minutes at a time. What moved with it was a ping-pong *across* CPUs: 53-55 µs
+per round trip in the fast phase, 64-71 µs in the slow one. The benchmark's every request is a
+wake-up on the other CPU (in a VM, an IPI and a vCPU leaving halt), and that is what the host
+slows. So the probe also times a ping-pong from the first client CPU to an echo process pinned
+to the first server CPU (CrossPeer): over 15 points of `bench run --models epoll,native,poll
+--connections 100 --repeats 5 --duration 2`, twice, that figure correlated with each point's
+req/s relative to its model's median at r = -0.66 and -0.70; the single-CPU figures at 0.42
+and 0.06. It is noisier (one chunk in ten is 10-20% off), hence the median of chunks and the
+confirmation. SHIFT_THRESHOLD (10%) sits above both probes' noise and below the phases (+25%).
 """
 
 from __future__ import annotations
@@ -46,6 +54,8 @@ import gc
 import os
 import socket
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -54,8 +64,15 @@ MESSAGE_BYTES = 64
 # Round trips before timing on each CPU: the caches and the socket's memory after migrating.
 WARMUP_ROUND_TRIPS = 200
 # Timed round trips per chunk, and chunks per CPU (the figure is the median over the chunks).
-ROUND_TRIPS_PER_CHUNK = 1000
-CHUNKS = 7
+ROUND_TRIPS_PER_CHUNK = 600
+CHUNKS = 5
+# The same for the ping-pong across CPUs, whose round trip is five times longer.
+CROSS_ROUND_TRIPS_PER_CHUNK = 300
+CROSS_WARMUP_ROUND_TRIPS = 50
+# The history's key for the cross-CPU figure (the others are CPU numbers).
+CROSS = "cross"
+# Seconds the echo peer may take to start and connect.
+PEER_START_S = 10.0
 # A probe departing from the run's median by more than this share is a host shift: 2.5 times
 # the probe's largest departure on a quiet host here (4%), below the +25% slow state seen here
 # (module docstring).
@@ -65,7 +82,9 @@ BASELINE_PROBES = 3
 # What run.json says the figures are.
 PROBE_METHOD = (
     f"loopback TCP ping-pong in the harness, {MESSAGE_BYTES}-byte messages, TCP_NODELAY, pinned to each CPU; "
-    f"median of {CHUNKS} chunks of {ROUND_TRIPS_PER_CHUNK} round trips; µs per round trip (wall clock)"
+    f"median of {CHUNKS} chunks of {ROUND_TRIPS_PER_CHUNK} round trips; µs per round trip (wall clock); "
+    f"and across CPUs, the harness on the first client CPU and an echo process on the first server CPU, "
+    f"median of {CHUNKS} chunks of {CROSS_ROUND_TRIPS_PER_CHUNK} round trips"
 )
 
 
@@ -138,34 +157,123 @@ def probe_cpus(cpus: Iterable[int], round_trips: int = ROUND_TRIPS_PER_CHUNK, ch
         os.sched_setaffinity(0, original)
 
 
+class CrossPeer:
+    """The far end of the ping-pong across CPUs: an echo process pinned to `cpu`, connected
+    to the harness over loopback TCP, dying with it (PR_SET_PDEATHSIG) or at EOF."""
+
+    def __init__(self, cpu: int) -> None:
+        self.cpu = cpu
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.sock: socket.socket | None = None
+
+    def start(self) -> None:
+        """Start the peer and accept its connection. Raises OSError when it cannot."""
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            listener.settimeout(PEER_START_S)
+            port = listener.getsockname()[1]
+            argv = [sys.executable, "-m", "bench.host_probe", "--peer", str(port), str(self.cpu)]
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
+            try:
+                self.sock, _ = listener.accept()
+            except OSError as exc:
+                self.close()
+                raise OSError(f"the probe's echo process on CPU {self.cpu} did not connect: {exc}") from None
+        self.sock.settimeout(PEER_START_S)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def round_trip_us(self, cpu: int, round_trips: int = CROSS_ROUND_TRIPS_PER_CHUNK, chunks: int = CHUNKS) -> float:
+        """µs per round trip from `cpu` (the calling thread is pinned there for the probe and
+        restored after) to the peer and back: median over `chunks` chunks. OSError on failure."""
+        if self.sock is None:
+            raise OSError("the probe's echo process is not running")
+        original = os.sched_getaffinity(0)
+        try:
+            os.sched_setaffinity(0, {cpu})
+            view = memoryview(bytearray(MESSAGE_BYTES))
+            message = b"q" * MESSAGE_BYTES
+            for _ in range(CROSS_WARMUP_ROUND_TRIPS):
+                self.sock.sendall(message)
+                _recv_exactly(self.sock, view)
+            times = []
+            for _ in range(chunks):
+                started = time.perf_counter_ns()
+                for _ in range(round_trips):
+                    self.sock.sendall(message)
+                    _recv_exactly(self.sock, view)
+                times.append(time.perf_counter_ns() - started)
+            return statistics.median(times) / round_trips / 1000.0
+        finally:
+            os.sched_setaffinity(0, original)
+
+    def close(self) -> None:
+        """Close the connection (the peer exits at EOF); a peer that does not is killed by PID."""
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        if self.proc is not None:
+            try:
+                self.proc.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+
+
+def _peer(port: int, cpu: int) -> int:
+    """The echo process of CrossPeer: pinned to `cpu`, echo every byte until EOF."""
+    from bench.child import die_with_parent
+
+    die_with_parent()
+    os.sched_setaffinity(0, {cpu})
+    with socket.create_connection(("127.0.0.1", port), timeout=PEER_START_S) as sock:
+        sock.settimeout(None)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        buf = bytearray(65536)
+        while n := sock.recv_into(buf):
+            sock.sendall(memoryview(buf)[:n])
+    return 0
+
+
 @dataclass(frozen=True)
 class HostProbe:
-    """One probe before a point: µs per round trip on each server CPU and each client CPU."""
+    """One probe before a point: µs per round trip on each server CPU and each client CPU, and
+    across CPUs (client CPU to server CPU and back; None without a peer)."""
 
     server_us: dict[int, float]
     client_us: dict[int, float]
+    cross_us: float | None = None
 
     @property
-    def per_cpu(self) -> dict[int, float]:
-        return {**self.client_us, **self.server_us}
+    def per_cpu(self) -> dict[int | str, float]:
+        """Every figure by its key in the history: CPU numbers, and CROSS."""
+        figures: dict[int | str, float] = {**self.client_us, **self.server_us}
+        if self.cross_us is not None:
+            figures[CROSS] = self.cross_us
+        return figures
 
-    def fields(self) -> dict[str, float]:
-        """The row's columns: the median over each CPU set, µs per round trip."""
+    def fields(self) -> dict[str, float | None]:
+        """The row's columns: the median over each CPU set, and the cross-CPU figure, µs per
+        round trip."""
         return {
             "probe_server_us": round(statistics.median(self.server_us.values()), 3),
             "probe_client_us": round(statistics.median(self.client_us.values()), 3),
+            "probe_cross_us": round(self.cross_us, 3) if self.cross_us is not None else None,
         }
 
 
-def take_probe(server_cpus: Sequence[int], client_cpus: Sequence[int]) -> HostProbe:
-    """Probe the server's and the client's CPUs (a CPU in both sets is probed once).
-    Raises OSError as probe_cpus does."""
+def take_probe(server_cpus: Sequence[int], client_cpus: Sequence[int], peer: CrossPeer | None = None) -> HostProbe:
+    """Probe the server's and the client's CPUs (a CPU in both sets is probed once), and with
+    a `peer` on a server CPU the round trip across from the first client CPU. Raises OSError
+    as probe_cpus does."""
     per_cpu = probe_cpus([*server_cpus, *client_cpus])
-    return HostProbe({c: per_cpu[c] for c in server_cpus}, {c: per_cpu[c] for c in client_cpus})
+    cross = peer.round_trip_us(client_cpus[0]) if peer is not None and client_cpus else None
+    return HostProbe({c: per_cpu[c] for c in server_cpus}, {c: per_cpu[c] for c in client_cpus}, cross)
 
 
 def shift_reason(
-    per_cpu: Mapping[int, float], history: Mapping[int, Sequence[float]], threshold: float = SHIFT_THRESHOLD
+    per_cpu: Mapping[int | str, float],
+    history: Mapping[int | str, Sequence[float]],
+    threshold: float = SHIFT_THRESHOLD,
 ) -> str:
     """Why this probe is a host shift, or "" when it is not.
 
@@ -181,16 +289,17 @@ def shift_reason(
             continue
         usual = statistics.median(past)
         if usual > 0 and abs(value / usual - 1) > threshold:
-            departures.append((abs(value / usual - 1), cpu, value, usual))
+            departures.append((abs(value / usual - 1), str(cpu), cpu, value, usual))
     if not departures:
         return ""
-    _, cpu, value, usual = max(departures)
+    _, _, cpu, value, usual = max(departures)
     change = value / usual - 1
     how = f"{change:.0%} longer" if change > 0 else f"{-change:.0%} less time"
     others = f"; {len(departures) - 1} other CPU(s) departed too" if len(departures) > 1 else ""
+    where = "across CPUs (a wake-up on the other CPU)" if cpu == CROSS else f"on CPU {cpu}"
     return (
         f"host shifted: the probe took {how} than the run's median "
-        f"({value:.1f} vs {usual:.1f} µs per round trip on CPU {cpu}){others}"
+        f"({value:.1f} vs {usual:.1f} µs per round trip {where}){others}"
     )
 
 
@@ -209,16 +318,32 @@ class ShiftWatch:
     server_cpus: tuple[int, ...]
     client_cpus: tuple[int, ...]
     threshold: float = SHIFT_THRESHOLD
-    history: dict[int, list[float]] = field(default_factory=dict)
+    history: dict[int | str, list[float]] = field(default_factory=dict)
+    peer: CrossPeer | None = None
 
     def probe(self) -> HostProbe:
         """A probe now (OSError as probe_cpus)."""
-        return take_probe(self.server_cpus, self.client_cpus)
+        return take_probe(self.server_cpus, self.client_cpus, self.peer)
 
     def start(self, probes: int = BASELINE_PROBES) -> None:
-        """The initial history: `probes` probes before the first point (OSError as probe_cpus)."""
-        for _ in range(probes):
-            self.record(self.probe())
+        """Start the cross-CPU peer (when the server and client CPUs differ) and take the
+        initial history: `probes` probes before the first point. OSError as probe_cpus, or
+        when the peer cannot start; then nothing is left running."""
+        if self.server_cpus and self.client_cpus and self.server_cpus[0] != self.client_cpus[0]:
+            self.peer = CrossPeer(self.server_cpus[0])
+            self.peer.start()
+        try:
+            for _ in range(probes):
+                self.record(self.probe())
+        except OSError:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Stop the cross-CPU peer."""
+        if self.peer is not None:
+            self.peer.close()
+            self.peer = None
 
     def verdict(self, probe: HostProbe) -> str:
         """The shift reason for `probe` against the history so far ("" when it is not one)."""
@@ -239,3 +364,7 @@ class ShiftWatch:
         """Add `probe` to the history (one vote per point: call it for the final attempt)."""
         for cpu, value in probe.per_cpu.items():
             self.history.setdefault(cpu, []).append(value)
+
+
+if __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] == "--peer":
+    sys.exit(_peer(int(sys.argv[2]), int(sys.argv[3])))

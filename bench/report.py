@@ -41,7 +41,7 @@ TABLE_COLUMNS = [
     "rps", TIMELINE, "stability", "rps_median", "rps_ci_low", "rps_ci_high", "rps_vs_reference", "rps_ratio",
     "p50_us", "p99_us", "p999_us", "cpu_us_per_req", "server_cpus_us_per_req", "server_cpus_softirq_share",
     "mem_per_conn_bytes", "client_mem_per_conn_bytes", "kernel_mem_per_conn_bytes", "ctx_per_req", "softirq_pct",
-    "server_cpu_pct", "client_cpu_pct", "client_bound", "unsteady", "host_shifted", "probe_server_us", "disturbed",
+    "server_cpu_pct", "client_cpu_pct", "client_bound", "unsteady", "host_shifted", "probe_cross_us", "disturbed",
     "errors", "backlog", "tcp_listen_overflows", "tcp_syn_retrans", "tcp_retrans_segs", "tcp_estab_resets",
 ]  # fmt: skip
 TEXT_COLUMNS = {"model", "workload", "status", "reason", "disturbed", "client_bound", "unsteady", "host_shifted"}

@@ -246,20 +246,24 @@ def run_sweep(config: RunConfig, on_point: Callable[[dict, Path], None] | None =
     os.sched_setaffinity(0, set(config.pinning.client))
     with recording_status(run_dir, meta, on_finish=lambda m: m.update(summary=_summary(run_dir, config))):
         watch = _start_watch(config, specs, meta)
-        for spec in specs:
-            timing = Timing(config.duration_s, config.warmup_s, config.ready_timeout_s, config.quiet_wait_s)
-            if spec.model in config.unavailable:
-                reason = f"unavailable here: {config.unavailable[spec.model]}"
-                results = [(unmeasured_row(run_id, spec, STATUS_SKIPPED, reason), {})]
-            elif config.slo_p99_us is not None:
-                results = _searched(find_max_rate(run_id, spec, timing, config.pinning, config.slo_p99_us), watch)
-            elif watch is not None:
-                results = _attempts(run_id, spec, timing, config.pinning, watch, config.remeasure)
-            else:
-                results = [run_point(run_id, spec, timing, config.pinning)]
-            for row, hists in results:
-                row.setdefault("attempt", 1)
-                run_dir.append_point(row, hists)
-                if on_point is not None:
-                    on_point(row, run_dir.path)
+        try:
+            for spec in specs:
+                timing = Timing(config.duration_s, config.warmup_s, config.ready_timeout_s, config.quiet_wait_s)
+                if spec.model in config.unavailable:
+                    reason = f"unavailable here: {config.unavailable[spec.model]}"
+                    results = [(unmeasured_row(run_id, spec, STATUS_SKIPPED, reason), {})]
+                elif config.slo_p99_us is not None:
+                    results = _searched(find_max_rate(run_id, spec, timing, config.pinning, config.slo_p99_us), watch)
+                elif watch is not None:
+                    results = _attempts(run_id, spec, timing, config.pinning, watch, config.remeasure)
+                else:
+                    results = [run_point(run_id, spec, timing, config.pinning)]
+                for row, hists in results:
+                    row.setdefault("attempt", 1)
+                    run_dir.append_point(row, hists)
+                    if on_point is not None:
+                        on_point(row, run_dir.path)
+        finally:
+            if watch is not None:
+                watch.close()
     return run_dir

@@ -22,7 +22,7 @@ from bench_cli import run_bench
 from bench import sweep
 from bench.cpus import Pinning
 from bench.engines import choose_engine
-from bench.host_probe import HostProbe, ShiftWatch, probe_cpus, shift_reason
+from bench.host_probe import CrossPeer, HostProbe, ShiftWatch, probe_cpus, shift_reason
 from bench.results_store import RunDirectory
 
 CPUS = sorted(os.sched_getaffinity(0))
@@ -142,7 +142,9 @@ def test_a_shifted_point_is_measured_again(tmp_path, monkeypatch, keep_affinity)
     first, final = shifted
     assert first["host_shifted"] == "True"
     assert first["superseded"] == "True"
-    assert "host shifted: the probe took" in first["reason"] and f"on CPU {CPUS[0]})" in first["reason"]
+    # The hogs slow the probe on their CPU and the echo peer's wake-ups there: either may depart most.
+    assert "host shifted: the probe took" in first["reason"]
+    assert f"on CPU {CPUS[0]})" in first["reason"] or "across CPUs" in first["reason"]
     assert "measured again (attempt 2)" in first["reason"]
     assert float(first["probe_server_us"]) > float(final["probe_server_us"])
     assert final["host_shifted"] == "False"
@@ -157,7 +159,10 @@ def test_a_shifted_point_is_measured_again(tmp_path, monkeypatch, keep_affinity)
     meta = json.loads((run_dir.path / "run.json").read_text())
     redone = sum(1 for r in rows if r["attempt"] == "2")
     assert meta["summary"]["remeasured"] == redone >= 1
-    assert sorted(meta["host_probe"]["baseline_us"]) == sorted(str(c) for c in CPUS[:2])
+    assert sorted(meta["host_probe"]["baseline_us"]) == sorted([*(str(c) for c in CPUS[:2]), "cross"])
+    assert all(float(row["probe_cross_us"]) > 0 for row in rows)
+    # The echo peer of the cross-CPU probe is gone with the run.
+    assert watches[0].peer is None
 
 
 @needs_two_cpus
@@ -197,9 +202,19 @@ def test_the_watch_keeps_one_vote_per_recorded_probe():
     watch.history = {0: [10.0, 10.0, 10.0], 1: [20.0, 20.0, 20.0]}
     probe = HostProbe({0: 15.0}, {1: 20.0})
     assert watch.verdict(probe).startswith("host shifted: the probe took 50% longer")
-    assert probe.fields() == {"probe_server_us": 15.0, "probe_client_us": 20.0}
+    assert probe.fields() == {"probe_server_us": 15.0, "probe_client_us": 20.0, "probe_cross_us": None}
     watch.record(probe)
     assert watch.history[0] == [10.0, 10.0, 10.0, 15.0]
+    # The figure across CPUs is judged and recorded under its own key, and named in the reason.
+    watch.history["cross"] = [50.0, 52.0, 51.0]
+    slow = HostProbe({0: 10.0}, {1: 20.0}, cross_us=70.0)
+    assert slow.fields()["probe_cross_us"] == 70.0
+    assert watch.verdict(slow) == (
+        "host shifted: the probe took 37% longer than the run's median (70.0 vs 51.0 µs per round trip across CPUs "
+        "(a wake-up on the other CPU))"
+    )
+    watch.record(slow)
+    assert watch.history["cross"][-1] == 70.0
 
 
 @dataclass
@@ -250,3 +265,20 @@ def test_remeasure_bad_input_is_one_line_error(tmp_path, value, message):
     assert "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert not list(tmp_path.iterdir())
+
+
+@needs_two_cpus
+@pytest.mark.timeout(30)
+def test_the_cross_cpu_probe_runs_an_echo_peer_on_the_server_cpu_and_stops_it():
+    peer = CrossPeer(CPUS[0])
+    peer.start()
+    try:
+        assert peer.proc is not None and os.sched_getaffinity(peer.proc.pid) == {CPUS[0]}
+        pid = peer.proc.pid
+        # A wake-up on the other CPU and back: longer than the same exchange on one CPU.
+        across = peer.round_trip_us(CPUS[1], round_trips=200, chunks=3)
+        alone = probe_cpus([CPUS[1]], round_trips=200, chunks=3)[CPUS[1]]
+        assert across > alone > 0
+    finally:
+        peer.close()
+    assert peer.proc is None and not os.path.exists(f"/proc/{pid}")
