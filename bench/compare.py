@@ -315,7 +315,7 @@ def load_run(text: str, label: str) -> Run:
     """Read and check one run directory; anything damaged is a UsageError naming the file."""
     import pandas as pd
 
-    from bench.statistics import POINT_KEY
+    from bench.statistics import POINT_KEY, final_attempts
 
     path = resolve_run_dir(text)
     run_file, points_file = path / RUN_FILE, path / POINTS_FILE
@@ -342,6 +342,8 @@ def load_run(text: str, label: str) -> Run:
     for column in POINT_KEY:
         df[column] = df[column].map(_normalise) if column in df.columns else ""
     df["status"] = df["status"].str.strip()
+    # An attempt that --remeasure replaced is in the table, not in any comparison.
+    df = final_attempts(df).reset_index(drop=True)
     return Run(label, path, meta, df, [f"{label}: {w}" for w in warnings])
 
 

@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import gc
 import os
+import signal
 import socket
 import statistics
 import subprocess
@@ -79,6 +80,10 @@ PEER_START_S = 10.0
 SHIFT_THRESHOLD = 0.10
 # Probes taken at the start of the run, before the first point, as the initial history.
 BASELINE_PROBES = 3
+# Before measuring a shifted point again, wait at most this long (s) for the probe to return
+# to the run's median, probing every SHIFT_POLL_S: this host's phases last seconds to minutes.
+SHIFT_WAIT_S = 15.0
+SHIFT_POLL_S = 0.5
 # What run.json says the figures are.
 PROBE_METHOD = (
     f"loopback TCP ping-pong in the harness, {MESSAGE_BYTES}-byte messages, TCP_NODELAY, pinned to each CPU; "
@@ -135,7 +140,7 @@ def probe_cpus(cpus: Iterable[int], round_trips: int = ROUND_TRIPS_PER_CHUNK, ch
     """Probe each CPU in `cpus` in turn: {cpu: µs per loopback TCP round trip}.
 
     The calling thread is pinned to each CPU with sched_setaffinity(2) and its original
-    affinity restored afterwards, also on error. About 0.1 s per CPU here.
+    affinity restored afterwards, also on error. About 35 ms per CPU here.
     Raises OSError when a CPU cannot be used (not allowed to this process, offline) or the
     loopback connection fails.
     """
@@ -172,7 +177,9 @@ class CrossPeer:
             listener.settimeout(PEER_START_S)
             port = listener.getsockname()[1]
             argv = [sys.executable, "-m", "bench.host_probe", "--peer", str(port), str(self.cpu)]
-            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
+            # Its own session, so that a Ctrl-C at the terminal reaches the harness alone,
+            # which then closes the connection; the peer exits at EOF.
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True)
             try:
                 self.sock, _ = listener.accept()
             except OSError as exc:
@@ -187,6 +194,9 @@ class CrossPeer:
         if self.sock is None:
             raise OSError("the probe's echo process is not running")
         original = os.sched_getaffinity(0)
+        gc_was_enabled = gc.isenabled()
+        # As in probe_cpus: a collection inside a chunk would read as a slower host.
+        gc.disable()
         try:
             os.sched_setaffinity(0, {cpu})
             view = memoryview(bytearray(MESSAGE_BYTES))
@@ -203,6 +213,8 @@ class CrossPeer:
                 times.append(time.perf_counter_ns() - started)
             return statistics.median(times) / round_trips / 1000.0
         finally:
+            if gc_was_enabled:
+                gc.enable()
             os.sched_setaffinity(0, original)
 
     def close(self) -> None:
@@ -224,6 +236,7 @@ def _peer(port: int, cpu: int) -> int:
     from bench.child import die_with_parent
 
     die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.sched_setaffinity(0, {cpu})
     with socket.create_connection(("127.0.0.1", port), timeout=PEER_START_S) as sock:
         sock.settimeout(None)
@@ -359,6 +372,18 @@ class ShiftWatch:
             return probe, ""
         probe = self.probe()
         return probe, self.verdict(probe)
+
+    def wait_until_usual(self, max_s: float) -> tuple[float, bool]:
+        """Probe every SHIFT_POLL_S until a probe agrees with the run's median, for at most
+        `max_s` seconds; return (seconds waited, whether it came back). Waiting out the host's
+        phase, not synchronising with our own processes (none runs now). OSError as probe_cpus."""
+        started = time.monotonic()
+        while True:
+            back = not self.verdict(self.probe())
+            waited = time.monotonic() - started
+            if back or waited >= max_s:
+                return waited, back
+            time.sleep(min(SHIFT_POLL_S, max(max_s - waited, 0.0)))
 
     def record(self, probe: HostProbe) -> None:
         """Add `probe` to the history (one vote per point: call it for the final attempt)."""

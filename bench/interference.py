@@ -114,9 +114,11 @@ def cpu_split(before: HostSnapshot, after: HostSnapshot, cpus: tuple[int, ...]) 
     """What `cpus` were busy with from `before` to `after`, in seconds, from /proc/stat's per-CPU
     lines (man 5 proc): user = user + nice, sys = system + irq, softirq alone.
 
-    Unlike a process's CPU times this includes the kernel's network work done in softirq on
-    these CPUs, whoever it was for: on loopback a sender's CPU runs the receiver's side of TCP
-    (net/core/dev.c: netif_rx, then net_rx_action on the same CPU).
+    This includes the kernel's network work done in softirq on these CPUs, whoever it was for:
+    on loopback a sender's CPU runs the receiver's side of TCP (net/core/dev.c: netif_rx, then
+    net_rx_action on the same CPU). Without CONFIG_IRQ_TIME_ACCOUNTING the softirq served in a
+    task's context is charged to that task too (kernel/sched/cputime.c), so beside a process
+    that keeps these CPUs busy the two figures are close: the difference is what ran beside it.
 
     The busy total is the interval minus idle, iowait and steal. User, system, irq and softirq
     are sampled one tick at a time (kernel/sched/cputime.c, CONFIG_TICK_CPU_ACCOUNTING), a few

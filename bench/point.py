@@ -330,9 +330,10 @@ def _fill_costs(row: dict, spec: PointSpec, requests: int, usage: WindowUsage, b
 
 def _fill_server_cpus(row: dict, split: CpuSplit, requests: int, duration_s: float) -> None:
     """The server's pinned CPUs' busy time per request (µs), split into user, sys and softirq:
-    beside cpu_us_per_req (the server's processes alone) it adds the kernel's network work on
-    those CPUs. The CPU time is scaled from the harness's snapshots to the workers' window, as
-    for cpu_us_per_req."""
+    beside cpu_us_per_req (the server's processes alone) it is every kind of work on those
+    CPUs, the softirq served while the server slept included (bench.interference.cpu_split).
+    The CPU time is scaled from the harness's snapshots to the workers' window, as for
+    cpu_us_per_req."""
     if not requests or split.seconds <= 0 or duration_s <= 0:
         return
     per_req = duration_s / split.seconds * 1e6 / requests

@@ -92,7 +92,7 @@ def findings(df: pd.DataFrame, meta: dict[str, Any]) -> list[str]:
     if not skipped.empty:
         out.append(f"{len(skipped)} point(s) were skipped before they started; the table says why.")
     if "client_bound" in df.columns:
-        bound = df[df["client_bound"].astype(str).str.lower() == "true"]
+        bound = df[truthy(df["client_bound"])]
         if not bound.empty:
             where = ", ".join(f"{m} at {int(c):,}" for m, c in bound[["model", "connections"]].drop_duplicates().values)
             out.append(
@@ -127,9 +127,12 @@ def caveat_findings(df: pd.DataFrame) -> list[str]:
                 f"explains (worst: {worst['model']} at {int(worst['connections']):,} connections, CV "
                 f"{float(worst['stability']):.0%}); the table's timeline column shows each point over time."
             )
-    redone = int(truthy(df["superseded"]).sum()) if "superseded" in df.columns else 0
+    redone = len(df) - len(current)
     if "host_shifted" in current.columns:
+        # A --find-max search is probed once and carries the verdict on each of its rows.
         shifted = current[truthy(current["host_shifted"])]
+        point = [c for c in ("model", "workload", "connections", "idle", "repeat") if c in shifted.columns]
+        shifted = shifted.drop_duplicates(point)
         if redone or not shifted.empty:
             text = f"The probe before each point found the host shifted {len(shifted) + redone} time(s)"
             if redone:
@@ -332,7 +335,7 @@ def render_report(run_path: Path) -> Path:
         for c in columns:
             if c == TIMELINE:
                 timeline = timelines.get(row["point_id"]) if index not in replaced else None
-                unsteady = str(row.get("unsteady")).lower() == "true"
+                unsteady = bool(truthy(pd.Series([row.get("unsteady")])).iloc[0])
                 cells.append((sparkline(timeline, unsteady) if timeline else "", "spark"))
             else:
                 cells.append((_fmt(row[c]), "text" + (" wide" if c == "reason" else "") if c in TEXT_COLUMNS else ""))
@@ -348,7 +351,7 @@ def render_report(run_path: Path) -> Path:
         plots=_plots(current, timelines) if not df.empty else [],
         columns=columns,
         rows=rows,
-        counts=df["status"].value_counts().to_dict() if not df.empty else {},
+        counts=current["status"].value_counts().to_dict() if not df.empty else {},
         host=[(key, show_value(value)) for key, value in flatten_host(meta.get("host", {}))],
         profile=profile,
         profile_origin=profile_origin,

@@ -20,6 +20,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.transforms import blended_transform_factory  # noqa: E402
 
 from bench.columns import STATUS_OK  # noqa: E402
+from bench.statistics import truthy  # noqa: E402
 
 plt.rcParams.update(
     {"svg.fonttype": "none", "font.size": 10, "legend.fontsize": 9, "xtick.labelsize": 9, "ytick.labelsize": 9}
@@ -36,10 +37,6 @@ FLAG_STYLES = {"client_bound": ("s", None), "disturbed": ("o", "darkorange"), "u
 FLAG_LABELS = {"client_bound": "client-bound", "disturbed": "disturbed / host shifted", "unsteady": "unsteady"}
 
 
-def _truthy(series: pd.Series) -> pd.Series:
-    return series.astype(str).str.lower().isin(["true", "1", "yes"])
-
-
 def flagged(df: pd.DataFrame, flag: str) -> pd.Series:
     """Rows carrying a caveat: a true flag column; for 'disturbed', a reason in that column or
     a probe that found the host shifted before the point."""
@@ -49,7 +46,7 @@ def flagged(df: pd.DataFrame, flag: str) -> pd.Series:
             hit |= df["disturbed"].fillna("").astype(str) != ""
         flag = "host_shifted"
     if flag in df.columns:
-        hit |= _truthy(df[flag])
+        hit |= truthy(df[flag])
     return hit
 
 

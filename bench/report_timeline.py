@@ -15,7 +15,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bench.columns import STATUS_OK
 from bench.report_plots import model_styles, plt, to_svg
+from loadgen.timeline import window_bins
 
 SPARK_W, SPARK_H = 120, 22
 # The level a run's headline plots show, when the run measured it; else the middle level.
@@ -24,10 +26,15 @@ HEADLINE_CONNECTIONS = 100
 
 def rates(timeline: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """Bin start times (s from the first send) and completion rates (req/s), as two arrays of
-    the timeline's length."""
+    the timeline's length. The last bin ends at the window's end, so it may be shorter than a
+    step: its rate is over its own length, not read as a drop."""
     step = float(timeline.get("step_s") or 0.1)
     completed = np.asarray(timeline.get("completed") or [], dtype=float)
-    return np.arange(completed.size) * step, completed / step
+    starts = np.arange(completed.size) * step
+    lengths = np.full(completed.size, step)
+    if (window := window_of(timeline)) is not None and completed.size:
+        lengths[-1] = min(step, max(window[1] - starts[-1], step / 100))
+    return starts, completed / lengths
 
 
 def window_of(timeline: dict[str, Any]) -> tuple[float, float] | None:
@@ -50,7 +57,7 @@ def sparkline(timeline: dict[str, Any], unsteady: bool = False) -> str:
     if (window := window_of(timeline)) is not None:
         x0, x1 = (max(w, 0.0) / span * SPARK_W for w in window)
         band = f'<rect x="{x0:.1f}" y="0" width="{max(x1 - x0, 0):.1f}" height="{SPARK_H}" fill="#e8e8e8"/>'
-    inside = r[_in_window(t, step, window)] if window else r
+    inside = r[list(window_bins(timeline))] if window else r
     low, high = (inside.min(), inside.max()) if inside.size else (r.min(), r.max())
     title = f"req/s per {step * 1e3:.0f} ms: {low:,.0f} to {high:,.0f} in the window (grey); warm-up before it"
     color = "#b03a2e" if unsteady else "#1f5fa8"
@@ -61,16 +68,10 @@ def sparkline(timeline: dict[str, Any], unsteady: bool = False) -> str:
     )
 
 
-def _in_window(t: np.ndarray, step: float, window: tuple[float, float] | None) -> np.ndarray:
-    if window is None:
-        return np.ones(t.size, dtype=bool)
-    return (t >= window[0] - 1e-9) & (t + step <= window[1] + 1e-9)
-
-
 def headline_level(df: pd.DataFrame) -> int | None:
     """The closed-loop connection count the headline plots show: 100 when measured, else the
     middle of the levels measured; None without an ok closed-loop point."""
-    closed = df[(df["workload"] == "closed") & (df["status"] == "ok")]
+    closed = df[(df["workload"] == "closed") & (df["status"] == STATUS_OK)]
     if closed.empty:
         return None
     levels = sorted(int(c) for c in closed["connections"].unique())
@@ -80,7 +81,7 @@ def headline_level(df: pd.DataFrame) -> int | None:
 def timeline_plot(df: pd.DataFrame, timelines: dict[str, dict[str, Any]], level: int) -> str:
     """Throughput per 100 ms against time, one line per model, at the headline level (the
     first repeat of each model that has a timeline), with the window shaded; '' without data."""
-    rows = df[(df["workload"] == "closed") & (df["connections"] == level) & (df["status"] == "ok")]
+    rows = df[(df["workload"] == "closed") & (df["connections"] == level) & (df["status"] == STATUS_OK)]
     rows = rows[rows["point_id"].isin(timelines)].sort_values("repeat").drop_duplicates("model")
     if rows.empty:
         return ""
@@ -118,7 +119,7 @@ def cost_plot(df: pd.DataFrame, level: int) -> str:
     """Where a request's server cost went at the headline level: the server CPUs' busy time per
     request (median over repeats) split into user, sys and softirq, as stacked bars per model,
     with the server's processes' own figure (cpu_us_per_req) as a tick; '' without data."""
-    rows = df[(df["workload"] == "closed") & (df["connections"] == level) & (df["status"] == "ok")]
+    rows = df[(df["workload"] == "closed") & (df["connections"] == level) & (df["status"] == STATUS_OK)]
     if rows.empty or rows["server_cpus_us_per_req"].isna().all():
         return ""
     med = rows.groupby("model", sort=False)[[c for c, _, _ in COST_PARTS] + ["cpu_us_per_req"]].median()
@@ -131,7 +132,7 @@ def cost_plot(df: pd.DataFrame, level: int) -> str:
         ax.barh(y, values, left=left, color=color, label=label, height=0.6)
         left += values
     ax.plot(med["cpu_us_per_req"], y, linestyle="none", marker="|", markersize=14, mew=2, color="black",
-            label="server processes (psutil)")  # fmt: skip
+            label="of which the server processes")  # fmt: skip
     ax.set_yticks(y, med.index)
     ax.set_xlabel("µs of the server's CPUs per request")
     ax.set_title(f"Where a request's server cost goes at {level:,} connections (closed loop)")

@@ -59,17 +59,24 @@ def truthy(series: pd.Series) -> pd.Series:
     return series.fillna("").astype(str).str.lower().isin({"true", "1", "1.0"})
 
 
+def replaced(df: pd.DataFrame) -> pd.Series:
+    """Rows that a later attempt of the same point replaced (--remeasure): marked superseded,
+    with a later row of the same point_id present. A superseded row whose re-measurement never
+    landed (the run was interrupted) is still the point's last word, and is kept."""
+    if "superseded" not in df.columns or "point_id" not in df.columns:
+        return pd.Series(False, index=df.index)
+    later = pd.Series(range(len(df)), index=df.index).groupby(df["point_id"].astype(str)).transform("max")
+    return truthy(df["superseded"]) & (pd.Series(range(len(df)), index=df.index) < later)
+
+
 def counted(df: pd.DataFrame) -> pd.Series:
     """The rows that enter statistics: ok, and not an attempt that a re-measurement replaced."""
-    ok = df["status"] == STATUS_OK
-    if "superseded" in df.columns:
-        ok &= ~truthy(df["superseded"])
-    return ok
+    return (df["status"] == STATUS_OK) & ~replaced(df)
 
 
 def final_attempts(df: pd.DataFrame) -> pd.DataFrame:
     """The rows that a re-measurement (--remeasure) did not replace."""
-    return df[~truthy(df["superseded"])] if "superseded" in df.columns else df
+    return df[~replaced(df)]
 
 
 def default_reference(models: list[str]) -> str:

@@ -8,15 +8,17 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import pandas as pd
+
 from bench.columns import STATUS_SKIPPED
 from bench.cpus import Pinning
 from bench.find_max import find_max_rate
 from bench.host import describe_host
-from bench.host_probe import PROBE_METHOD, HostProbe, ShiftWatch
+from bench.host_probe import PROBE_METHOD, SHIFT_WAIT_S, HostProbe, ShiftWatch
 from bench.point import PointSpec, Timing, run_point, unmeasured_row
 from bench.preflight import SERVER_FD_MARGIN, nofile_limit
 from bench.results_store import RunDirectory, new_run_id, new_run_meta, recording_status
-from bench.statistics import default_reference, finalize_run_statistics
+from bench.statistics import default_reference, final_attempts, finalize_run_statistics, truthy
 from servers import registry
 from servers.base import DEFAULT_BACKLOG
 
@@ -120,7 +122,7 @@ def plan(config: RunConfig) -> list[PointSpec]:
 
 
 def _summary(run_dir: RunDirectory, config: RunConfig) -> dict:
-    reference = config.reference or default_reference(config.models)
+    reference = config.reference or default_reference([m for m in config.models if m not in config.unavailable])
     return {
         "warnings": [*config.engine_warnings, *finalize_run_statistics(run_dir, reference)],
         **_shift_summary(run_dir),
@@ -130,11 +132,13 @@ def _summary(run_dir: RunDirectory, config: RunConfig) -> dict:
 def _shift_summary(run_dir: RunDirectory) -> dict[str, int]:
     """`remeasured`: points measured more than once because the host had shifted (their final
     attempt is > 1); `host_shifted`: final rows still flagged (shifted on every attempt)."""
-    final = [r for r in run_dir.read_points() if str(r.get("superseded")).lower() != "true"]
-    return {
-        "remeasured": sum(1 for r in final if float(r.get("attempt") or 1) > 1),
-        "host_shifted": sum(1 for r in final if str(r.get("host_shifted")).lower() == "true"),
-    }
+    rows = run_dir.read_points()
+    if not rows:
+        return {"remeasured": 0, "host_shifted": 0}
+    final = final_attempts(pd.DataFrame(rows, dtype=str))
+    attempts = pd.to_numeric(final.get("attempt", pd.Series(dtype=str)), errors="coerce").fillna(1)
+    shifted = truthy(final["host_shifted"]) if "host_shifted" in final.columns else pd.Series(dtype=bool)
+    return {"remeasured": int((attempts > 1).sum()), "host_shifted": int(shifted.sum())}
 
 
 class _ProbeHook:
@@ -151,7 +155,7 @@ class _ProbeHook:
     def __call__(self, row: dict) -> None:
         try:
             self.probe, self.shift = self.watch.check()
-        except OSError as exc:
+        except Exception as exc:  # noqa: BLE001 - a probe that fails costs the point its probe, not the run
             self.probe, self.shift, self.error = None, "", f"host probe failed: {exc}"
             return
         self.error = ""
@@ -178,7 +182,14 @@ def _attempts(
         again = bool(hook.shift) and attempt <= remeasure
         row.update(attempt=attempt, superseded=again)
         if again:
-            row["reason"] += f"; measured again (attempt {attempt + 1})"
+            # Measuring again at once would land in the same phase of the host: wait (bounded)
+            # for the probe to come back to the run's median first.
+            try:
+                waited, back = watch.wait_until_usual(SHIFT_WAIT_S)
+            except OSError:
+                waited, back = 0.0, False
+            how = "once the probe was back" if back else "though the probe was not back"
+            row["reason"] += f"; measured again (attempt {attempt + 1}) {how} after {waited:.1f} s"
             # histograms.jsonl is keyed by point_id and RunDirectory.read_histograms keeps the
             # last line per point_id: a superseded attempt's histograms are not written, so the
             # ones kept are the final attempt's (even when it failed before it had any).

@@ -23,6 +23,7 @@ from typing import Any
 
 from bench.columns import STATUS_FAILED, STATUS_OK
 from bench.errors import UsageError
+from bench.statistics import POINT_KEY
 
 NETSTAT = Path("/proc/net/netstat")
 SNMP = Path("/proc/net/snmp")
@@ -249,10 +250,10 @@ def explain(row: Mapping[str, Any], somaxconn: int | None = None) -> str | None:
         text = f"the kernel counted {_and(counted)} during the point; "
         text += "the listen queue was full, so handshakes were dropped"
         if c["tcp_syn_retrans"]:
-            text += (
-                " and SYNs retransmitted after 1 s (TCP's initial RTO, TCP_TIMEOUT_INIT in include/net/tcp.h), "
-                "then after 2 s more"
-            )
+            text += " and SYNs retransmitted after 1 s (TCP's initial RTO, TCP_TIMEOUT_INIT in include/net/tcp.h)"
+            # The RTO doubles: a second retransmission lands 3 s after the first SYN.
+            if max(tail, _value(row, "max_us") or 0.0) >= 3 * SYN_TAIL_US:
+                text += ", then after 2 s more"
         cookies = max(c["tcp_syncookies_sent"], c["tcp_reqq_full_do_cookies"])
         if cookies:
             text += (
@@ -363,7 +364,9 @@ def tcp_findings(df: Any, meta: Mapping[str, Any] | None = None, limit: int = MA
     cap = int(cap) if isinstance(cap, int | float) else None
     measured = df[df["status"].isin([STATUS_OK, STATUS_FAILED])]
     out: list[str] = []
-    for (model, _workload, _connections), group in measured.groupby(["model", "workload", "connections"], sort=False):
+    point = [c for c in POINT_KEY if c in measured.columns]
+    for keys, group in measured.groupby(point, sort=False, dropna=False):
+        model = keys[0] if isinstance(keys, tuple) else keys
         sentences = [s for record in group.to_dict("records") if (s := explain(record, cap))]
         if not sentences:
             continue

@@ -145,7 +145,7 @@ def test_a_shifted_point_is_measured_again(tmp_path, monkeypatch, keep_affinity)
     # The hogs slow the probe on their CPU and the echo peer's wake-ups there: either may depart most.
     assert "host shifted: the probe took" in first["reason"]
     assert f"on CPU {CPUS[0]})" in first["reason"] or "across CPUs" in first["reason"]
-    assert "measured again (attempt 2)" in first["reason"]
+    assert "measured again (attempt 2) once the probe was back after" in first["reason"]
     assert float(first["probe_server_us"]) > float(final["probe_server_us"])
     assert final["host_shifted"] == "False"
     assert final["superseded"] == "False"
@@ -282,3 +282,14 @@ def test_the_cross_cpu_probe_runs_an_echo_peer_on_the_server_cpu_and_stops_it():
     finally:
         peer.close()
     assert peer.proc is None and not os.path.exists(f"/proc/{pid}")
+
+
+def test_a_shifted_point_waits_for_the_probe_to_come_back_within_a_bound():
+    history = {0: [10.0, 10.0, 10.0], 1: [20.0, 20.0, 20.0]}
+    comes_back = ScriptedWatch((0,), (1,), 0.10, {k: list(v) for k, v in history.items()}, script=[13.0, 12.8, 10.1])
+    waited, back = comes_back.wait_until_usual(30.0)
+    assert back and comes_back.script == [] and waited > 0
+    stays = ScriptedWatch((0,), (1,), 0.10, {k: list(v) for k, v in history.items()}, script=[13.0, 13.0, 13.0])
+    waited, back = stays.wait_until_usual(0.0)
+    # A bound of zero: one probe, not back, and no wait beyond it.
+    assert not back and stays.script == [13.0, 13.0] and waited < 1.0

@@ -48,7 +48,7 @@ def test_paired_ratios_divide_within_a_repeat_and_skip_superseded_attempts():
     def row(model, repeat, rps, **extra):
         return {"model": model, "workload": "closed", "connections": 100, "payload": 64, "idle": 0,
                 "target_rate": "", "server_workers": 1, "status": "ok", "repeat": repeat, "rps": rps,
-                "p99_us": 100, **extra}  # fmt: skip
+                "p99_us": 100, "point_id": f"{model}-r{repeat}", **extra}  # fmt: skip
 
     df = pd.DataFrame(
         [
@@ -69,6 +69,9 @@ def test_paired_ratios_divide_within_a_repeat_and_skip_superseded_attempts():
     assert out.loc[out["model"] == "poll", "rps_vs_reference"].tolist() == pytest.approx([0.25])
     assert set(out.loc[out["model"] == "native", "rps_vs_reference"]) == {1.0}
     assert add_repeat_statistics(df, "")["rps_vs_reference"].isna().all()
+    # A superseded attempt whose re-measurement never landed (an interrupted run) still counts.
+    cut = add_repeat_statistics(df.iloc[:6], "native")
+    assert cut.loc[5, "rps_vs_reference"] == pytest.approx(999.0 / 150.0)
 
 
 def test_ranking_warns_only_where_intervals_overlap():

@@ -55,7 +55,8 @@ def test_busy_polling_and_a_saturated_pair_are_named_with_their_numbers():
 
 
 def _point(model: str, repeat: int, **extra) -> dict:
-    return {"model": model, "workload": "closed", "connections": 100, "status": "ok", "repeat": repeat, **extra}
+    return {"model": model, "workload": "closed", "connections": 100, "status": "ok", "repeat": repeat,
+            "point_id": f"{model}-closed-c100-r{repeat}", **extra}  # fmt: skip
 
 
 def test_caveats_name_unsteady_points_redone_attempts_and_paired_ratios():
