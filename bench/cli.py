@@ -311,8 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         metavar="N",
-        help="measure a point whose host probe says the host shifted again, up to N times; every attempt is kept "
-        "as a row, only the last counts (default 0: flag only; --find-max searches are not re-measured)",
+        help="measure a point again, up to N times, when the host probe before it says the host shifted or its "
+        "timeline was unsteady; every attempt is kept as a row, only the last counts (default 0: flag only; "
+        "--find-max searches are not re-measured)",
     )
     run.add_argument("--ready-timeout", type=float, default=15.0, help="seconds a server may take to listen")
     run.add_argument("--server-cpus", default="", help="CPUs for the server, e.g. 0 (default: first half)")

@@ -172,14 +172,16 @@ class _ProbeHook:
 def _attempts(
     run_id: str, spec: PointSpec, timing: Timing, pinning: Pinning, watch: ShiftWatch, remeasure: int
 ) -> Iterator[tuple[dict, dict[str, str]]]:
-    """The point, measured once more while the probe before it says the host shifted, up to
-    `remeasure` times. Every attempt is a row with its number in `attempt`; an attempt that a
-    later one replaces has `superseded` True, and only the final attempt may enter statistics."""
+    """The point, measured once more while the probe before it says the host shifted, or its
+    own timeline says it was unsteady (the host can change phase during a point, where no
+    probe before it can see), up to `remeasure` times. Every attempt is a row with its number
+    in `attempt`; an attempt that a later one replaces has `superseded` True, and only the
+    final attempt may enter statistics."""
     for attempt in range(1, remeasure + 2):
         hook = _ProbeHook(watch)
         row, hists = run_point(run_id, spec, timing, pinning, hook)
         hook.mark(row)
-        again = bool(hook.shift) and attempt <= remeasure
+        again = (bool(hook.shift) or row.get("unsteady") is True) and attempt <= remeasure
         row.update(attempt=attempt, superseded=again)
         if again:
             # Measuring again at once would land in the same phase of the host: wait (bounded)

@@ -221,3 +221,17 @@ def test_a_stalling_server_is_flagged_unsteady_with_its_figure(tmp_path, engine)
     note = re.search(r"unsteady: req/s per 100 ms varied by (\d+)% \(CV\) in the window", row["reason"])
     assert note and int(note[1]) == pytest.approx(cv * 100, abs=1), row["reason"]
     assert "lowest 0 req/s at" in row["reason"]
+
+
+@pytest.mark.timeout(150)
+def test_remeasure_measures_an_unsteady_point_again_and_keeps_both_attempts(tmp_path):
+    proc = run_bench(
+        "run", "--models", "stall", "--connections", "10", "--warmup", "0.5", "--duration", "1.5",
+        "--remeasure", "1", "--out", str(tmp_path), timeout=140, extra_models=EXTRA_MODELS,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    first, final = read_points(only_run_dir(tmp_path))
+    assert (first["attempt"], first["superseded"]) == ("1", "True") and first["unsteady"] == "True"
+    assert "measured again (attempt 2)" in first["reason"]
+    # The stall is the server's own: the last attempt is unsteady too, and stays, flagged.
+    assert (final["attempt"], final["superseded"], final["unsteady"]) == ("2", "False", "True")
