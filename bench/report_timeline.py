@@ -88,17 +88,23 @@ def timeline_plot(df: pd.DataFrame, timelines: dict[str, dict[str, Any]], level:
     fig, ax = plt.subplots(figsize=(7.4, 3.9), dpi=100)
     styles = model_styles(list(rows["model"]))
     shaded = False
+    top = 0.0
     for _, row in rows.iterrows():
         timeline = timelines[row["point_id"]]
         t, r = rates(timeline)
         window = window_of(timeline)
         offset = window[0] if window else 0.0
         color, _marker = styles[row["model"]]
-        ax.plot(t - offset, r, color=color, label=row["model"], linewidth=1.2, drawstyle="steps-post")
+        # steps-post draws each bin from its start: one more vertex closes the last bin.
+        end = window[1] if window else (t[-1] + float(timeline.get("step_s") or 0.1) if t.size else 0.0)
+        xs, ys = np.append(t, end) - offset, np.append(r, r[-1] if r.size else 0.0)
+        ax.plot(xs, ys, color=color, label=row["model"], linewidth=1.2, drawstyle="steps-post")
+        top = max(top, float(r.max()) if r.size else 0.0)
         if window and not shaded:
             ax.axvspan(0, window[1] - window[0], color="#888", alpha=0.12, lw=0, label="measured window")
             shaded = True
-    ax.set_ylim(bottom=0)
+    # From zero, with headroom above the highest bin so that a flat line is not drawn on the frame.
+    ax.set_ylim(0, max(top, 1.0) * 1.12)
     ax.set_xlabel("seconds from the window's start (warm-up before 0)")
     ax.set_ylabel("requests per second (per 100 ms)")
     ax.set_title(f"Throughput over time at {level:,} connections (closed loop, repeat {int(rows['repeat'].min())})")
@@ -124,7 +130,7 @@ def cost_plot(df: pd.DataFrame, level: int) -> str:
         return ""
     med = rows.groupby("model", sort=False)[[c for c, _, _ in COST_PARTS] + ["cpu_us_per_req"]].median()
     med = med.dropna(subset=["server_cpus_user_us_per_req"]).sort_values("server_cpus_user_us_per_req")
-    fig, ax = plt.subplots(figsize=(7.4, 0.9 + 0.32 * len(med)), dpi=100)
+    fig, ax = plt.subplots(figsize=(7.4, max(2.4, 1.2 + 0.32 * len(med))), dpi=100)
     y = np.arange(len(med))
     left = np.zeros(len(med))
     for column, label, color in COST_PARTS:
@@ -134,8 +140,8 @@ def cost_plot(df: pd.DataFrame, level: int) -> str:
     ax.plot(med["cpu_us_per_req"], y, linestyle="none", marker="|", markersize=14, mew=2, color="black",
             label="of which the server processes")  # fmt: skip
     ax.set_yticks(y, med.index)
-    ax.set_xlabel("µs of the server's CPUs per request")
-    ax.set_title(f"Where a request's server cost goes at {level:,} connections (closed loop)")
+    ax.set_xlabel("µs of the server's CPUs per request (closed loop)")
+    ax.set_title(f"Server cost per request at {level:,} connections")
     ax.grid(True, axis="x", alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, frameon=False)
     fig.tight_layout()
