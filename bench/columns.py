@@ -130,6 +130,8 @@ POINT_COLUMNS = [
     "rps_ratio",
     "rps_ratio_ci_low",
     "rps_ratio_ci_high",
+    # Issue 12: the server and its load worker both saturated: the pair set the rate.
+    "pair_limited",
 ]
 
 STATUS_OK = "ok"

@@ -244,6 +244,8 @@ def _measure(
             notes.append(rounds)
         if row["client_bound"]:
             notes.append("client-bound: a load worker used a whole CPU while the server had CPU to spare")
+        if row["pair_limited"]:
+            notes.append("pair-limited: the server and a load worker each used a whole CPU")
         if row.get("disturbed"):
             notes.append(f"disturbed: {row['disturbed']}")
         if unsteady := stability.fill_row(row, result.timeline):
@@ -425,6 +427,9 @@ def _fill_measurements(
     # faster either; when the server is not ours to measure, a saturated worker is enough.
     server_pct = row.get("server_cpu_pct")
     row["client_bound"] = client_saturated and (server_pct is None or server_pct < 100 * CLIENT_BOUND_SHARE)
+    # Pair-limited: both saturated; the two processes sharing the host's CPUs set the rate, and
+    # no ranking of servers may rest on it (bench.rankings).
+    row["pair_limited"] = client_saturated and server_pct is not None and server_pct >= 100 * CLIENT_BOUND_SHARE
 
 
 def round_time_note(spec: PointSpec, requests: int, duration_s: float, timeouts: int) -> str | None:

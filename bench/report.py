@@ -17,6 +17,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from bench.columns import POINT_COLUMNS, STATUS_OK
 from bench.index_page import write_index
+from bench.rankings import figure, ranking_findings
 from bench.report_plots import line_plot
 from bench.report_timeline import cost_plot, headline_level, sparkline, timeline_plot
 from bench.results_store import RunDirectory, write_text_atomic
@@ -41,10 +42,12 @@ TABLE_COLUMNS = [
     "rps", TIMELINE, "stability", "rps_median", "rps_ci_low", "rps_ci_high", "rps_vs_reference", "rps_ratio",
     "p50_us", "p99_us", "p999_us", "cpu_us_per_req", "server_cpus_us_per_req", "server_cpus_softirq_share",
     "mem_per_conn_bytes", "client_mem_per_conn_bytes", "kernel_mem_per_conn_bytes", "ctx_per_req", "softirq_pct",
-    "server_cpu_pct", "client_cpu_pct", "client_bound", "unsteady", "host_shifted", "probe_cross_us", "disturbed",
-    "errors", "backlog", "tcp_listen_overflows", "tcp_syn_retrans", "tcp_retrans_segs", "tcp_estab_resets",
+    "server_cpu_pct", "client_cpu_pct", "client_bound", "pair_limited", "unsteady", "host_shifted", "probe_cross_us",
+    "disturbed", "errors", "backlog", "tcp_listen_overflows", "tcp_syn_retrans", "tcp_retrans_segs", "tcp_estab_resets",
 ]  # fmt: skip
-TEXT_COLUMNS = {"model", "workload", "status", "reason", "disturbed", "client_bound", "unsteady", "host_shifted"}
+TEXT_COLUMNS = {
+    "model", "workload", "status", "reason", "disturbed", "client_bound", "pair_limited", "unsteady", "host_shifted",
+}  # fmt: skip
 SYSCALLS_FILE = "syscalls.csv"
 
 
@@ -56,10 +59,6 @@ def load_points(run_dir: RunDirectory) -> pd.DataFrame:
     return df.reindex(columns=[*POINT_COLUMNS, *[c for c in df.columns if c not in POINT_COLUMNS]])
 
 
-def _num(value: float) -> str:
-    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:,.1f}"
-
-
 def findings(df: pd.DataFrame, meta: dict[str, Any]) -> list[str]:
     """What a reader should take away, in sentences computed from the points."""
     out: list[str] = []
@@ -68,20 +67,7 @@ def findings(df: pd.DataFrame, meta: dict[str, Any]) -> list[str]:
     # An attempt that a re-measurement replaced is stated nowhere but in the count of them.
     everything, df = df, final_attempts(df)
     ok = df[(df["status"] == STATUS_OK) & df["workload"].isin(["closed", "churn"])]
-    for workload, rows in ok.groupby("workload"):
-        levels = sorted(rows["connections"].unique())
-        for level in dict.fromkeys([levels[0], levels[-1]]):
-            at = rows[rows["connections"] == level].groupby("model")["rps"].median().sort_values(ascending=False)
-            if at.empty:
-                continue
-            unit = "connections/s" if workload == "churn" else "req/s"
-            noun = "connection" if level == 1 else "connections"
-            text = f"At {level:,} {noun} ({workload}), {at.index[0]} leads with {_num(at.iloc[0])} {unit}"
-            if len(at) > 1 and at.iloc[1] > 0:
-                text += f", {at.iloc[0] / at.iloc[1] - 1:.0%} ahead of {at.index[1]} ({_num(at.iloc[1])})"
-            if len(at) > 2:
-                text += f"; {at.index[-1]} is last ({_num(at.iloc[-1])})"
-            out.append(text + ".")
+    out.extend(ranking_findings(df))
     out.extend(baseline_findings(ok[ok["workload"] == "closed"]))
     failed = df[df["status"] == "failed"]
     for model, rows in failed.groupby("model"):
@@ -187,15 +173,15 @@ def baseline_findings(closed: pd.DataFrame) -> list[str]:
         med = {c: by_model[c].median() for c in ("server_cpu_pct", "client_cpu_pct", "cpu_us_per_req", "p50_us")}
         server, client = med["server_cpu_pct"], med["client_cpu_pct"]
         top = ahead.index[0]
-        names = ", ".join(f"{m} ({_num(v)} req/s)" for m, v in ahead.items())
+        names = ", ".join(f"{m} ({figure(v)} req/s)" for m, v in ahead.items())
         noun = "connection" if level == 1 else "connections"
-        text = f"At {int(level):,} {noun} {names} out-ran the C baseline native ({_num(native)} req/s)"
+        text = f"At {int(level):,} {noun} {names} out-ran the C baseline native ({figure(native)} req/s)"
         why = []
         native_busy, top_busy = server.get(BASELINE), server.get(top)
         if pd.notna(native_busy) and pd.notna(top_busy) and top_busy >= SATURATED_PCT > native_busy:
             why.append(
                 f"{top}'s server used {top_busy:.0f}% of its CPU where native's used {native_busy:.0f}%: it bought "
-                f"its rate with CPU (p50 {_num(med['p50_us'][top])} µs against {_num(med['p50_us'][BASELINE])} µs)"
+                f"its rate with CPU (p50 {figure(med['p50_us'][top])} µs against {figure(med['p50_us'][BASELINE])} µs)"
             )
         native_client = client.get(BASELINE, float("nan"))
         if pd.notna(native_busy) and native_busy < SATURATED_PCT and native_client < SATURATED_PCT:
@@ -222,8 +208,8 @@ def baseline_findings(closed: pd.DataFrame) -> list[str]:
             why.append("each figure comes from one repeat (use --repeats 3 or more to tell a difference from noise)")
         elif low[top] <= high[BASELINE]:
             why.append(
-                f"the repeats overlap ({top} {_num(low[top])}-{_num(high[top])}, native "
-                f"{_num(low[BASELINE])}-{_num(high[BASELINE])} req/s): the difference is within the noise"
+                f"the repeats overlap ({top} {figure(low[top])}-{figure(high[top])}, native "
+                f"{figure(low[BASELINE])}-{figure(high[BASELINE])} req/s): the difference is within the noise"
             )
         if not why:
             why.append(

@@ -33,8 +33,14 @@ CI_COLUMNS = {"rps": ("rps_ci_low", "rps_ci_high"), "p99_us": ("p99_ci_low", "p9
 
 
 # Caveats drawn around a point's marker: (marker, colour; None for the line's own), and the legend's words.
-FLAG_STYLES = {"client_bound": ("s", None), "disturbed": ("o", "darkorange"), "unsteady": ("D", "purple")}
-FLAG_LABELS = {"client_bound": "client-bound", "disturbed": "disturbed / host shifted", "unsteady": "unsteady"}
+FLAG_STYLES = {
+    "client_bound": ("s", None), "pair_limited": ("P", "black"), "disturbed": ("o", "darkorange"),
+    "unsteady": ("D", "purple"),
+}  # fmt: skip
+FLAG_LABELS = {
+    "client_bound": "client-bound", "pair_limited": "pair-limited", "disturbed": "disturbed / host shifted",
+    "unsteady": "unsteady",
+}  # fmt: skip
 
 
 def flagged(df: pd.DataFrame, flag: str) -> pd.Series:
