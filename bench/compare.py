@@ -30,6 +30,7 @@ from bench.columns import STATUS_OK
 from bench.errors import UsageError
 from bench.host import flatten_host, show_value
 from bench.results_store import POINTS_FILE, RUN_FILE
+from bench.wording import and_list
 
 # numpy, pandas (and bench.statistics, which needs pandas) are imported inside the functions that
 # use them: `bench` builds every subcommand's parser on each start, and they would add ~0.6 s to
@@ -450,10 +451,6 @@ def _no_shared_points(base: Run, other: Run, align: list[str]) -> UsageError:
     return UsageError(f"runs {base.label} ({base.run_id}) and {other.label} ({other.run_id}) share no points: {why}")
 
 
-def _and(labels: Sequence[str]) -> str:
-    return ", ".join(labels[:-1]) + " and " + labels[-1] if len(labels) > 1 else "".join(labels)
-
-
 def _outcome(rows: pd.DataFrame, column: str) -> tuple[str, str]:
     """Why a run has no value at a point: what happened ("failed", "no rps value") and the reason it recorded."""
     if rows.empty:
@@ -476,8 +473,8 @@ def _missing_note(sides: Sequence[tuple[str, pd.DataFrame]], column: str) -> dic
         if reason:
             why.setdefault(reason, []).append(label)
     everyone = [label for label, _, _ in outcomes]
-    reasons = tuple(("" if labels == everyone else _and(labels), reason) for reason, labels in why.items())
-    return {"note": "; ".join(f"{what} in {_and(labels)}" for what, labels in happened.items()), "reasons": reasons}
+    reasons = tuple(("" if labels == everyone else and_list(labels), reason) for reason, labels in why.items())
+    return {"note": "; ".join(f"{what} in {and_list(labels)}" for what, labels in happened.items()), "reasons": reasons}
 
 
 def _groups(points: pd.DataFrame, align: list[str]) -> dict[tuple[str, ...], pd.DataFrame]:

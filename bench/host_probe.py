@@ -58,7 +58,8 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 MESSAGE_BYTES = 64
@@ -117,23 +118,45 @@ def _recv_exactly(sock: socket.socket, view: memoryview) -> None:
         got += n
 
 
-def _ping_pong(a: socket.socket, b: socket.socket, round_trips: int) -> int:
-    """Run `round_trips` round trips; return their wall time in ns."""
+def _ping_pong(a: socket.socket, b: socket.socket | None, round_trips: int) -> int:
+    """Run `round_trips` round trips, A to B and back (with `b` None, A to the echo peer and
+    back); return their wall time in ns."""
     message = b"p" * MESSAGE_BYTES
     view = memoryview(bytearray(MESSAGE_BYTES))
     started = time.perf_counter_ns()
-    for _ in range(round_trips):
-        a.sendall(message)
-        _recv_exactly(b, view)
-        b.sendall(message)
-        _recv_exactly(a, view)
+    if b is None:
+        for _ in range(round_trips):
+            a.sendall(message)
+            _recv_exactly(a, view)
+    else:
+        for _ in range(round_trips):
+            a.sendall(message)
+            _recv_exactly(b, view)
+            b.sendall(message)
+            _recv_exactly(a, view)
     return time.perf_counter_ns() - started
 
 
-def _probe_one(a: socket.socket, b: socket.socket, round_trips: int, chunks: int) -> float:
-    _ping_pong(a, b, WARMUP_ROUND_TRIPS)
+def _median_us(a: socket.socket, b: socket.socket | None, warmup: int, round_trips: int, chunks: int) -> float:
+    """µs per round trip (_ping_pong): the median over `chunks` timed chunks, after `warmup`."""
+    _ping_pong(a, b, warmup)
     times = [_ping_pong(a, b, round_trips) for _ in range(chunks)]
     return statistics.median(times) / round_trips / 1000.0
+
+
+@contextmanager
+def _probing() -> Iterator[None]:
+    """Keep the collector off (a collection inside a chunk would read as a slower host) and
+    give the calling thread its CPU affinity back afterwards, also on error."""
+    original = os.sched_getaffinity(0)
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+        os.sched_setaffinity(0, original)
 
 
 def probe_cpus(cpus: Iterable[int], round_trips: int = ROUND_TRIPS_PER_CHUNK, chunks: int = CHUNKS) -> dict[int, float]:
@@ -144,22 +167,14 @@ def probe_cpus(cpus: Iterable[int], round_trips: int = ROUND_TRIPS_PER_CHUNK, ch
     Raises OSError when a CPU cannot be used (not allowed to this process, offline) or the
     loopback connection fails.
     """
-    original = os.sched_getaffinity(0)
-    gc_was_enabled = gc.isenabled()
-    # A collection inside a chunk would be read as a slower host.
-    gc.disable()
-    try:
+    with _probing():
         a, b = _connected_pair()
         with a, b:
             out = {}
             for cpu in sorted(set(cpus)):
                 os.sched_setaffinity(0, {cpu})
-                out[cpu] = _probe_one(a, b, round_trips, chunks)
+                out[cpu] = _median_us(a, b, WARMUP_ROUND_TRIPS, round_trips, chunks)
             return out
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-        os.sched_setaffinity(0, original)
 
 
 class CrossPeer:
@@ -193,29 +208,9 @@ class CrossPeer:
         restored after) to the peer and back: median over `chunks` chunks. OSError on failure."""
         if self.sock is None:
             raise OSError("the probe's echo process is not running")
-        original = os.sched_getaffinity(0)
-        gc_was_enabled = gc.isenabled()
-        # As in probe_cpus: a collection inside a chunk would read as a slower host.
-        gc.disable()
-        try:
+        with _probing():
             os.sched_setaffinity(0, {cpu})
-            view = memoryview(bytearray(MESSAGE_BYTES))
-            message = b"q" * MESSAGE_BYTES
-            for _ in range(CROSS_WARMUP_ROUND_TRIPS):
-                self.sock.sendall(message)
-                _recv_exactly(self.sock, view)
-            times = []
-            for _ in range(chunks):
-                started = time.perf_counter_ns()
-                for _ in range(round_trips):
-                    self.sock.sendall(message)
-                    _recv_exactly(self.sock, view)
-                times.append(time.perf_counter_ns() - started)
-            return statistics.median(times) / round_trips / 1000.0
-        finally:
-            if gc_was_enabled:
-                gc.enable()
-            os.sched_setaffinity(0, original)
+            return _median_us(self.sock, None, CROSS_WARMUP_ROUND_TRIPS, round_trips, chunks)
 
     def close(self) -> None:
         """Close the connection (the peer exits at EOF); a peer that does not is killed by PID."""

@@ -20,6 +20,11 @@ STEAL_LIMIT_PCT = 2.0
 FOREIGN_LIMIT_PCT = 5.0
 
 
+def _seconds(start: dict[str, int], end: dict[str, int]) -> dict[str, float]:
+    """Each /proc/stat field's growth from `start` to `end` (one CPU's ticks), in seconds."""
+    return {k: (end.get(k, 0) - start.get(k, 0)) * TICK_S for k in _FIELDS}
+
+
 def read_cpu_ticks() -> dict[int, dict[str, int]]:
     ticks: dict[int, dict[str, int]] = {}
     with open("/proc/stat") as fh:
@@ -78,7 +83,7 @@ def compare(before: HostSnapshot, after: HostSnapshot, ours_cpu_s: float) -> Int
     totals = dict.fromkeys(_FIELDS, 0.0)
     for cpu, end in after.ticks.items():
         start = before.ticks.get(cpu, end)
-        d = {k: (end.get(k, 0) - start.get(k, 0)) * TICK_S for k in _FIELDS}
+        d = _seconds(start, end)
         per_cpu[cpu] = {k: round(100.0 * v / seconds, 1) for k, v in d.items()}
         for k, v in d.items():
             totals[k] += v
@@ -133,7 +138,7 @@ def cpu_split(before: HostSnapshot, after: HostSnapshot, cpus: tuple[int, ...]) 
         end, start = after.ticks.get(cpu), before.ticks.get(cpu)
         if end is None or start is None:
             continue
-        d = {k: (end.get(k, 0) - start.get(k, 0)) * TICK_S for k in _FIELDS}
+        d = _seconds(start, end)
         parts = (d["user"] + d["nice"], d["system"] + d["irq"], d["softirq"])
         sampled = sum(parts)
         if sampled <= 0:

@@ -15,15 +15,11 @@ import pandas as pd
 
 from bench.columns import STATUS_OK
 from bench.statistics import counted, estimate, truthy
+from bench.wording import figure
 
 # Repeats to ask for when a run has too few: with five, the percentile bootstrap's 95% interval
 # of a median no longer spans every value measured.
 REPEATS_NEEDED = 5
-
-
-def figure(value: float) -> str:
-    """A rate or cost as the findings print it: whole numbers from 100 up, one decimal below."""
-    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:,.1f}"
 
 
 def rankable(df: pd.DataFrame) -> pd.DataFrame:

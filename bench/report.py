@@ -17,12 +17,13 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from bench.columns import POINT_COLUMNS, STATUS_OK
 from bench.index_page import write_index
-from bench.rankings import figure, ranking_findings
+from bench.rankings import ranking_findings
 from bench.report_plots import line_plot
-from bench.report_timeline import cost_plot, headline_level, sparkline, timeline_plot
+from bench.report_timeline import closed_ok, cost_plot, headline_level, sparkline, timeline_plot
 from bench.results_store import RunDirectory, write_text_atomic
 from bench.statistics import final_attempts, truthy
 from bench.tcp_counters import tcp_findings
+from bench.wording import figure
 
 CONNECTIONS = "concurrent connections (log scale)"
 # (column, title, y label, log y)
@@ -128,8 +129,7 @@ def caveat_findings(df: pd.DataFrame) -> list[str]:
             out.append(text + ".")
     level = headline_level(current)
     if level is not None and "rps_ratio" in current.columns:
-        closed = current[(current["workload"] == "closed") & (current["status"] == STATUS_OK)]
-        at = closed[closed["connections"] == level]
+        at = closed_ok(current, level)
         ratios = at.dropna(subset=["rps_ratio"]).drop_duplicates("model")
         reference = ratios["reference"].dropna().iloc[0] if not ratios.empty else None
         others = ratios[ratios["model"] != reference]

@@ -68,10 +68,16 @@ def sparkline(timeline: dict[str, Any], unsteady: bool = False) -> str:
     )
 
 
+def closed_ok(df: pd.DataFrame, level: int | None = None) -> pd.DataFrame:
+    """The ok closed-loop rows, at `level` connections when given."""
+    rows = df[(df["workload"] == "closed") & (df["status"] == STATUS_OK)]
+    return rows if level is None else rows[rows["connections"] == level]
+
+
 def headline_level(df: pd.DataFrame) -> int | None:
     """The closed-loop connection count the headline plots show: 100 when measured, else the
     middle of the levels measured; None without an ok closed-loop point."""
-    closed = df[(df["workload"] == "closed") & (df["status"] == STATUS_OK)]
+    closed = closed_ok(df)
     if closed.empty:
         return None
     levels = sorted(int(c) for c in closed["connections"].unique())
@@ -81,7 +87,7 @@ def headline_level(df: pd.DataFrame) -> int | None:
 def timeline_plot(df: pd.DataFrame, timelines: dict[str, dict[str, Any]], level: int) -> str:
     """Throughput per 100 ms against time, one line per model, at the headline level (the
     first repeat of each model that has a timeline), with the window shaded; '' without data."""
-    rows = df[(df["workload"] == "closed") & (df["connections"] == level) & (df["status"] == STATUS_OK)]
+    rows = closed_ok(df, level)
     rows = rows[rows["point_id"].isin(timelines)].sort_values("repeat").drop_duplicates("model")
     if rows.empty:
         return ""
@@ -125,7 +131,7 @@ def cost_plot(df: pd.DataFrame, level: int) -> str:
     """Where a request's server cost went at the headline level: the server CPUs' busy time per
     request (median over repeats) split into user, sys and softirq, as stacked bars per model,
     with the server's processes' own figure (cpu_us_per_req) as a tick; '' without data."""
-    rows = df[(df["workload"] == "closed") & (df["connections"] == level) & (df["status"] == STATUS_OK)]
+    rows = closed_ok(df, level)
     if rows.empty or rows["server_cpus_us_per_req"].isna().all():
         return ""
     med = rows.groupby("model", sort=False)[[c for c, _, _ in COST_PARTS] + ["cpu_us_per_req"]].median()

@@ -24,6 +24,7 @@ from typing import Any
 from bench.columns import STATUS_FAILED, STATUS_OK
 from bench.errors import UsageError
 from bench.statistics import POINT_KEY
+from bench.wording import and_list
 
 NETSTAT = Path("/proc/net/netstat")
 SNMP = Path("/proc/net/snmp")
@@ -247,7 +248,7 @@ def explain(row: Mapping[str, Any], somaxconn: int | None = None) -> str | None:
             counted.append(f"{c['tcp_reqq_full_drop']:,} SYNs dropped at a full SYN queue")
         if c["tcp_syn_retrans"]:
             counted.append(f"{c['tcp_syn_retrans']:,} SYN retransmissions")
-        text = f"the kernel counted {_and(counted)} during the point; "
+        text = f"the kernel counted {and_list(counted)} during the point; "
         text += "the listen queue was full, so handshakes were dropped"
         if c["tcp_syn_retrans"]:
             text += " and SYNs retransmitted after 1 s (TCP's initial RTO, TCP_TIMEOUT_INIT in include/net/tcp.h)"
@@ -281,7 +282,7 @@ def explain(row: Mapping[str, Any], somaxconn: int | None = None) -> str | None:
         counted.append(f"{c['tcp_attempt_fails']:,} failed connection attempts (AttemptFails)")
     if counted:
         causes.append(
-            f"the kernel counted {_and(counted)} during the point: a side closed or aborted connections with "
+            f"the kernel counted {and_list(counted)} during the point: a side closed or aborted connections with "
             "requests in flight (a server that crashed, hit a limit or closed early; see its warnings)"
         )
 
@@ -293,7 +294,7 @@ def explain(row: Mapping[str, Any], somaxconn: int | None = None) -> str | None:
         if c["tcp_rcvq_drop"]:
             counted.append(f"{c['tcp_rcvq_drop']:,} segments dropped from receive queues (TCPRcvQDrop)")
         causes.append(
-            f"the kernel counted {_and(counted)} during the point: TCP's sockets used more memory than "
+            f"the kernel counted {and_list(counted)} during the point: TCP's sockets used more memory than "
             "net.ipv4.tcp_mem allows (pages); raise net.ipv4.tcp_mem or hold fewer buffered bytes per connection"
         )
 
@@ -312,7 +313,7 @@ def explain(row: Mapping[str, Any], somaxconn: int | None = None) -> str | None:
             if c[col]
         ]
         text = (
-            f"the kernel counted {_and(counted)} during the point; loopback loses nothing on a wire, so the stack "
+            f"the kernel counted {and_list(counted)} during the point; loopback loses nothing on a wire, so the stack "
             "dropped them, and each loss costs at least TCP's minimum RTO (200 ms, TCP_RTO_MIN in include/net/tcp.h)"
         )
         if c["tcp_zero_window_drop"]:
@@ -321,7 +322,7 @@ def explain(row: Mapping[str, Any], somaxconn: int | None = None) -> str | None:
             fix = "raise the receive buffers (net.ipv4.tcp_rmem, net.core.rmem_max)"
         else:
             fix = "find the drop with nstat -az (other traffic in this network namespace counts too)"
-        causes.append(f"{text}: {_and(drops)}; {fix}" if drops else f"{text}; {fix}")
+        causes.append(f"{text}: {and_list(drops)}; {fix}" if drops else f"{text}; {fix}")
 
     if c["tcp_time_wait_overflow"] and (causes or errors):
         causes.append(
@@ -346,10 +347,6 @@ def explain(row: Mapping[str, Any], somaxconn: int | None = None) -> str | None:
         symptoms.append(f"{errors:,} errors ({' '.join(f'{k}={v:,}' for k, v in kinds.items())})")
     head = f"{', '.join(symptoms) or 'the point'} at {_where(row)}"
     return f"{head}: {causes[0]}" + "".join(f"; also {cause}" for cause in causes[1:])
-
-
-def _and(items: list[str]) -> str:
-    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
 def tcp_findings(df: Any, meta: Mapping[str, Any] | None = None, limit: int = MAX_REPORT_FINDINGS) -> list[str]:

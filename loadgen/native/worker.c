@@ -702,6 +702,14 @@ static int in_window(int64_t t)
     return t >= win.start && t < win.end;
 }
 
+/* A verified echo (churn: cycle) at `done`: counted in the timeline; true when it also counts in
+ * the window's figures. */
+static int completed_at(int64_t done)
+{
+    tl.completed[tl_bin(done)]++;
+    return in_window(done);
+}
+
 static int epoll_timeout_ms(int64_t now, int64_t backstop_ns)
 {
     int64_t until = win.end - now;
@@ -903,8 +911,7 @@ static void on_active_event(struct conn *c, uint32_t ev)
     if (r != IO_DONE)
         return;
     int64_t done = now_ns();
-    tl.completed[tl_bin(done)]++;
-    if (in_window(done)) {
+    if (completed_at(done)) {
         win.requests++;
         hist_record_ns(win.corrected, done - c->t_intended);
         if (opt.workload == OPEN)
@@ -1104,8 +1111,7 @@ static void churn_event(struct slot *s, uint32_t ev)
     if (r != IO_DONE)
         return;
     int64_t done = now_ns();
-    tl.completed[tl_bin(done)]++;
-    if (in_window(done)) {
+    if (completed_at(done)) {
         win.requests++;
         win.sent_in_window++;
         hist_record_ns(win.corrected, done - s->t_start);
