@@ -257,6 +257,13 @@ class LoadWorkers:
         return [popen.pid for popen in self.popens]
 
     def stop(self) -> None:
+        # EOF on stdin releases a worker that has sent its result (loadgen.control).
+        for popen in self.popens:
+            try:
+                if popen.stdin is not None:
+                    popen.stdin.close()
+            except OSError:
+                pass
         for popen in self.popens:
             terminate_tree(popen, grace_s=1.0)
 

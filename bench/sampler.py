@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import psutil
 
@@ -33,6 +33,8 @@ class TreeSample:
     pss_bytes: int | None = None
     # user + sys to the nanosecond where the kernel allows (task_runtime_s), in seconds.
     cpu_s: float = 0.0
+    # tid -> (voluntary, involuntary) context switches, when read (with_ctx).
+    ctx_by_tid: dict[int, tuple[int, int]] = field(default_factory=dict)
 
 
 def task_runtime_s(pid: int, every_thread: bool = False) -> float | None:
@@ -60,27 +62,30 @@ def task_runtime_s(pid: int, every_thread: bool = False) -> float | None:
     return total / 1e9
 
 
-def thread_ctx_switches(pid: int) -> tuple[int, int]:
-    """Voluntary and involuntary context switches of every thread of a process.
+def thread_ctx_switches(pid: int) -> dict[int, tuple[int, int]]:
+    """Voluntary and involuntary context switches of each thread of a process, by tid, from
+    /proc/PID/task/TID/status (man 5 proc).
 
     /proc/PID/status (what psutil reads) counts the main thread only, which would show a
     thread-per-connection server as never switching."""
-    vol = invol = 0
+    counts: dict[int, tuple[int, int]] = {}
     try:
         tids = os.listdir(f"/proc/{pid}/task")
     except OSError:
-        return 0, 0
+        return counts
     for tid in tids:
+        vol = invol = 0
         try:
             with open(f"/proc/{pid}/task/{tid}/status") as fh:
                 for line in fh:
                     if line.startswith("voluntary_ctxt_switches:"):
-                        vol += int(line.split()[1])
+                        vol = int(line.split()[1])
                     elif line.startswith("nonvoluntary_ctxt_switches:"):
-                        invol += int(line.split()[1])
-        except OSError:
+                        invol = int(line.split()[1])
+        except (OSError, ValueError):
             continue
-    return vol, invol
+        counts[int(tid)] = (vol, invol)
+    return counts
 
 
 def sample_tree(
@@ -108,7 +113,8 @@ def sample_tree(
     except psutil.Error:
         return None
     user = sys_ = total = 0.0
-    rss = threads = fds = vol = invol = uss = pss = 0
+    rss = threads = fds = uss = pss = 0
+    by_tid: dict[int, tuple[int, int]] = {}
     started = time.monotonic()
     alive = []
     for proc in procs:
@@ -136,9 +142,7 @@ def sample_tree(
                 if with_fds:
                     fds += proc.num_fds()
                 if with_ctx:
-                    v, i = thread_ctx_switches(proc.pid)
-                    vol += v
-                    invol += i
+                    by_tid.update(thread_ctx_switches(proc.pid))
                 if with_uss:
                     full = proc.memory_full_info()
                     uss += full.uss
@@ -146,9 +150,10 @@ def sample_tree(
                 counted += 1
         except psutil.Error:
             continue
-    if not with_uss:
-        return TreeSample(at, user, sys_, rss, threads, fds, counted, vol, invol, cpu_s=total)
-    return TreeSample(at, user, sys_, rss, threads, fds, counted, vol, invol, uss, pss, cpu_s=total)
+    vol = sum(v for v, _ in by_tid.values())
+    invol = sum(i for _, i in by_tid.values())
+    sizes = (uss, pss) if with_uss else (None, None)
+    return TreeSample(at, user, sys_, rss, threads, fds, counted, vol, invol, *sizes, cpu_s=total, ctx_by_tid=by_tid)
 
 
 @dataclass
@@ -216,17 +221,26 @@ class TreeSampler:
             peak_fds=self.peaks[2],
             peak_processes=self.peaks[3],
             seconds=self.last.at - self.first.at,
-            ctx_voluntary=_growth(self.first.ctx_voluntary, self.last.ctx_voluntary),
-            ctx_involuntary=_growth(self.first.ctx_involuntary, self.last.ctx_involuntary),
+            **_ctx_growth(self.first.ctx_by_tid, self.last.ctx_by_tid),
             uss_bytes=self.last.uss_bytes,
             pss_bytes=self.last.pss_bytes,
         )
 
 
-def _growth(first: int, last: int) -> int | None:
-    """A counter's increase over the window, or None when it shrank: threads or children that
-    ended took their counts with them, so the difference would be a wrong number."""
-    return last - first if last >= first else None
+def _ctx_growth(first: dict[int, tuple[int, int]], last: dict[int, tuple[int, int]]) -> dict[str, int | None]:
+    """Context switches over the window, thread by thread: each thread alive at the end, less
+    its count at the start (zero for a thread born in the window). A thread that ended during
+    the window took its count with it and is left out, where a difference of totals would
+    have gone negative (a thread-per-connection server's exited threads made it shrink); None
+    when nothing was read."""
+    if not last:
+        return {"ctx_voluntary": None, "ctx_involuntary": None}
+    vol = invol = 0
+    for tid, (v, i) in last.items():
+        v0, i0 = first.get(tid, (0, 0))
+        vol += max(v - v0, 0)
+        invol += max(i - i0, 0)
+    return {"ctx_voluntary": vol, "ctx_involuntary": invol}
 
 
 def kernel_slab_bytes(meminfo: str = "/proc/meminfo") -> int | None:

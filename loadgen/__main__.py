@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         _close(conn)
         return 1
     window = Window(schedule["window_start"], schedule["window_end"])
+    held: list = []
     if churn:
         start_at = schedule["start_at"]
         result = run_churn(
@@ -84,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             rate=rate,
             idle=idle,
             request_timeout_s=args.request_timeout,
+            hold=held,
         )
     control.send(
         {
@@ -104,6 +106,10 @@ def main(argv: list[str] | None = None) -> int:
             "timeline": result.timeline,
         }
     )
+    # The connections stay open until the manager closes stdin: it reads the server's counters
+    # at the window's end, and a thread-per-connection server whose connections closed at that
+    # moment would take its threads' counts with them.
+    sys.stdin.read()
     return 0
 
 

@@ -16,6 +16,9 @@ all workers measure the same window without any sleep-based coordination.
 The worker starts its load at `start_at`; `requests` are the echoes verified at a time t with
 A <= t < B, and A', B' the window as its clock saw it. Histograms are encoded HdrHistograms
 (the compiled worker sends `X_counts` bucket lists instead; loadgen.histogram.fold_counts).
+After `result` the worker keeps its connections open until its stdin closes: the manager
+reads the server's counters at the window's end, and a thread- or process-per-connection
+server would lose its exited threads' counts if the connections closed at that moment.
 `timeline` counts verified echoes (churn: verified cycles) and errors of every kind per bin i
 = [S + i*0.1, S + (i+1)*0.1) s, from `start_at` to the window's end, warm-up included; an
 edge within 1 µs of A or B lies on it, and the last bin ends at B (loadgen.timeline).

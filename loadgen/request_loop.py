@@ -94,11 +94,14 @@ def run_request_loop(
     rate: float | None = None,
     idle: list[socket.socket] | None = None,
     request_timeout_s: float = REQUEST_TIMEOUT_S,
+    hold: list[socket.socket] | None = None,
 ) -> LoopResult:
     """Drive `sockets` (closed loop, or open loop at `rate` req/s over all of them) while
     holding `idle` open, from `start_at` (CLOCK_MONOTONIC seconds) to the window's end; return
     what completed inside `window` (a completion at t counts when window.start <= t <
-    window.end), and the timeline of every completion and error since `start_at`."""
+    window.end), and the timeline of every completion and error since `start_at`. The
+    connections still open at the end are closed, or appended to `hold` for the caller to
+    keep open (loadgen.__main__ holds them until the manager has read the server)."""
     ep = select.epoll()
     conns: dict[int, _Conn] = {}
     for cid, sock in enumerate(sockets):
@@ -268,10 +271,12 @@ def run_request_loop(
         gc.enable()
         expire_stuck(measured_end)
         live = len(conns)
-        for conn in conns.values():
-            conn.sock.close()
-        for sock in idle_socks.values():
-            sock.close()
+        left = [conn.sock for conn in conns.values()] + list(idle_socks.values())
+        if hold is None:
+            for sock in left:
+                sock.close()
+        else:
+            hold.extend(left)
         ep.close()
         timer.close()
     if measured_start is None:

@@ -151,6 +151,8 @@ def _run_worker(proc: subprocess.Popen, warmup: float = 0.1, duration: float = 0
     proc.stdin.write(json.dumps(schedule) + "\n")
     proc.stdin.flush()
     result = json.loads(proc.stdout.readline())
+    # The worker holds its connections until the manager closes its stdin.
+    proc.stdin.close()
     assert proc.wait(timeout=10) == 0
     return connected, result
 

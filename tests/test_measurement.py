@@ -131,6 +131,26 @@ def test_repeats_rotate_models_and_give_confidence_intervals(tmp_path, engine):
 
 
 @pytest.mark.timeout(120)
+def test_blocking_servers_switch_context_for_every_request(tmp_path, engine):
+    # A thread or child blocked in recv() must be woken for each request: threads at least once
+    # (the reader thread), fork once per request. The counts are read at the window's end, while
+    # the load workers still hold the connections: were they closed at that moment, the
+    # per-connection threads would exit and take their counts with them.
+    proc = run_bench(
+        "run", "--engine", engine, "--models", "threads,fork,epoll", "--connections", "1,4",
+        "--duration", "0.4", "--warmup", "0.1", "--out", str(tmp_path), timeout=110,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    for r in read_points(only_run_dir(tmp_path)):
+        assert r["status"] == "ok", r
+        if r["model"] in ("threads", "fork"):
+            assert float(r["ctx_per_req"]) >= 0.9, r
+        elif r["connections"] == "1":
+            # epoll_wait sleeps between the requests of one connection.
+            assert float(r["ctx_per_req"]) >= 0.9, r
+
+
+@pytest.mark.timeout(120)
 def test_cpu_hog_during_a_point_is_flagged(tmp_path, engine):
     # Two spinning processes that are not the harness's: one per CPU of this 2-core host.
     hogs = [

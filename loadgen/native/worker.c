@@ -663,6 +663,17 @@ static int read_schedule(int64_t *start_at, int64_t *window_start, int64_t *wind
     return -1;
 }
 
+/* After the result the connections stay open until the manager closes our stdin: it reads
+ * the server's counters (context switches, memory, threads) at the window's end, and a
+ * thread- or process-per-connection server whose connections closed at that moment would have
+ * taken its threads' counts with them. */
+static void hold_until_released(void)
+{
+    static char line[256];
+    while (fgets(line, sizeof line, stdin))
+        ;
+}
+
 static void sleep_until(int64_t when)
 {
     /* A start shared by every worker on the system-wide clock, not a pause. */
@@ -1024,9 +1035,7 @@ static long request_loop(int64_t start_at)
     if (getrusage(RUSAGE_SELF, &win.usage_end) < 0)
         fail_errno("getrusage");
     live = expire_stuck(win.measured_end);
-    for (long i = 0; i < nconns; i++)
-        if (conns[i].fd >= 0)
-            close_fd(conns[i].fd);
+    /* The connections stay open until the manager releases us (hold_until_released). */
     return live;
 }
 
@@ -1267,5 +1276,6 @@ int main(int argc, char **argv)
     put_hist("connect_histogram_counts", opt.workload == CHURN ? win.connect : NULL);
     put_timeline();
     flush_line();
+    hold_until_released();
     return 0;
 }
