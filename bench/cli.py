@@ -16,7 +16,7 @@ from bench.cpus import default_pinning, parse_pinning
 from bench.errors import UsageError
 from bench.model_selection import select_models
 
-DEFAULT_CONNECTIONS = "1,10,100,1000,2000"
+DEFAULT_CONNECTIONS = "10,100,1000,2000"
 # The model column of points driven against --target: the harness does not know what runs there.
 EXTERNAL_MODEL = "external"
 
@@ -28,6 +28,22 @@ def _int_list(text: str, name: str, minimum: int = 1) -> list[int]:
         raise UsageError(f"{name} takes a comma-separated list of integers, not {text!r}") from None
     if not values or any(v < minimum for v in values):
         raise UsageError(f"{name} values must be integers >= {minimum}, got {text!r}")
+    return values
+
+
+def _rate_list(text: str) -> list[float]:
+    """--rate: offered rates in requests per second over all connections, one point each, in
+    the order given. Each must be a finite number > 0, and none may repeat: two points with
+    the same rate would share a point_id, and histograms.jsonl keeps one line per point_id."""
+    message = f"--rate must be a finite number > 0 (req/s) or a comma-separated list of them, not {text!r}"
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(message) from None
+    if not values or any(not math.isfinite(v) or v <= 0 for v in values):
+        raise UsageError(message)
+    if twice := sorted({f"{v:g}" for v in values if values.count(v) > 1}):
+        raise UsageError(f"--rate lists {', '.join(twice)} more than once: each rate is one point")
     return values
 
 
@@ -90,11 +106,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     workload = args.workload
-    if workload == "open" and not args.find_max and (args.rate is None or args.rate <= 0):
-        raise UsageError("--workload open needs --rate R (requests per second in total, R > 0)")
-    if args.rate is not None and not math.isfinite(args.rate):
-        raise UsageError(f"--rate must be a finite number, got {args.rate}")
-    if args.rate is not None and workload != "open":
+    if workload == "open" and not args.find_max and args.rate is None:
+        raise UsageError("--workload open needs --rate R or R1,R2,... (requests per second in total, R > 0)")
+    rates = _rate_list(args.rate) if args.rate is not None else []
+    if rates and workload != "open":
         raise UsageError("--rate applies to --workload open only")
     slo_p99_us = None
     if args.find_max:
@@ -105,10 +120,23 @@ def cmd_run(args: argparse.Namespace) -> int:
         slo_p99_us = parse_slo(args.slo)
         if workload == "churn":
             raise UsageError("--find-max searches an open-loop rate; it does not apply to --workload churn")
+        if rates:
+            # The search chooses its own offered rates (a bisection below the closed-loop
+            # capacity); its probes are drawn on the same rate plots as a --rate list's points.
+            raise UsageError("--find-max chooses the offered rates itself: give --rate or --find-max, not both")
     elif args.slo:
         raise UsageError("--slo applies to --find-max only")
     if args.reference and args.reference not in models:
         raise UsageError(f"--reference {args.reference!r} is not one of the run's models ({', '.join(models)})")
+    default_sweep = (
+        workload == "closed"
+        and args.connections == DEFAULT_CONNECTIONS
+        and args.idle == "0"
+        and not (target or args.find_max or args.engine == "locust")
+    )
+    lessons = default_sweep if args.lessons is None else args.lessons
+    if lessons and (workload != "closed" or target or args.engine == "locust" or args.find_max):
+        raise UsageError("--lessons goes with a closed loop on servers bench starts (no --target, Locust, --find-max)")
     engine, engine_warnings = choose_engine(args.engine)
     backlog = None if target else _backlog(args.backlog)
     config = RunConfig(
@@ -124,11 +152,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         ready_timeout_s=_positive(args.ready_timeout, "--ready-timeout"),
         workload=workload,
         idle=_int_list(args.idle, "--idle", minimum=0),
-        rate=args.rate or 0.0,
+        rates=rates,
         server_workers=_server_workers(args.server_workers),
         request_timeout_s=_positive(args.request_timeout, "--request-timeout"),
         fork_cap=int(_positive(args.fork_cap, "--fork-cap")),
         backlog=backlog,
+        lessons=lessons,
         slo_p99_us=slo_p99_us,
         quiet_wait_s=_positive(args.quiet_wait, "--quiet-wait", allow_zero=True),
         remeasure=int(_positive(args.remeasure, "--remeasure", allow_zero=True)),
@@ -235,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--models", default="all", help="comma-separated model names, or 'all' (default)")
     run.add_argument("--connections", default=DEFAULT_CONNECTIONS, help=f"list (default {DEFAULT_CONNECTIONS})")
     run.add_argument("--payload", type=int, default=64, help="bytes per request (default 64)")
-    run.add_argument("--duration", type=float, default=1.5, help="measured window, seconds (default 1.5)")
+    run.add_argument("--duration", type=float, default=1.0, help="measured window, seconds (default 1)")
     run.add_argument("--warmup", type=float, default=0.5, help="warm-up before the window, seconds (default 0.5)")
     run.add_argument(
         "--request-timeout",
@@ -259,8 +288,21 @@ def build_parser() -> argparse.ArgumentParser:
         default="closed",
         help="closed loop (default), open loop at --rate, or churn (connect, one request, close)",
     )
-    load.add_argument("--rate", type=float, default=None, help="open loop: requests per second over all connections")
+    load.add_argument(
+        "--rate",
+        default=None,
+        help="open loop: requests per second over all connections, or a list (e.g. 5000,20000,60000): a point per "
+        "rate, drawn against the offered rate in the report",
+    )
     load.add_argument("--idle", default="0", help="silent connections held beside the active ones, a list (default 0)")
+    load.add_argument(
+        "--lessons",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="add the points the report's five I/O-model lessons need: 1,000 idle connections beside 10 active ones "
+        "for select, poll, epoll, io_uring, and 1,000 req/s open loop for nonblocking and epoll (default: on for the "
+        "default sweep only)",
+    )
     load.add_argument("--find-max", action="store_true", help="search the highest open-loop rate meeting --slo")
     load.add_argument("--slo", default="", help="latency objective for --find-max, e.g. p99=2ms")
     server = run.add_argument_group("server")

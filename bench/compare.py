@@ -49,7 +49,8 @@ NOT_RECORDED = "(not recorded)"
 # The current frequency is sampled at the moment of the fingerprint and differs on every run.
 VOLATILE_HOST_FIELDS = re.compile(r"^cpufreq\.cpu\d+\.cur_khz$")
 # Config entries that are already point parameters (shown as such) or only say where files went.
-CONFIG_SKIP = {"out", "models", "connections", "payload", "workload", "idle", "rate", "server_workers"}
+# `rate` is the single offered rate of runs before --rate took a list (`rates`).
+CONFIG_SKIP = {"out", "models", "connections", "payload", "workload", "idle", "rate", "rates", "server_workers"}
 
 
 @dataclass(frozen=True)

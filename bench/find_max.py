@@ -33,12 +33,19 @@ def parse_slo(text: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
+def keeps_up(achieved_rate: float, offered_rate: float) -> bool:
+    """Whether a server kept up with an open loop's offered rate: it completed at least
+    (1 - RATE_TOLERANCE) of it (req/s). The search's probes and the report's knee
+    (bench.report_rates) share this one definition."""
+    return achieved_rate >= offered_rate * (1 - RATE_TOLERANCE)
+
+
 def passes(row: dict, slo_p99_us: float) -> bool:
     return (
         row.get("status") == STATUS_OK
         and row.get("p99_us") is not None
         and row["p99_us"] <= slo_p99_us
-        and row.get("achieved_rate", 0) >= row["target_rate"] * (1 - RATE_TOLERANCE)
+        and keeps_up(row.get("achieved_rate", 0), row["target_rate"])
     )
 
 

@@ -44,7 +44,9 @@ KERNEL_BYTES_PER_CLIENT_END = 5 * 1024
 # --idle 10000`, 2026-11-30, rounded up: epoll 298-410 B (the latter at 1M), poll 370,
 # selectors 425, io_uring 609, uvloop 1,383, asyncio 2,301, native 88. threads: 12.3 KB of USS
 # plus two kernel stacks (16 KiB each) and task_structs per connection. fork: a process per
-# connection (page tables, kernel stack, copied-on-write pages): an estimate, not a measurement.
+# connection (page tables, kernel stack, copied-on-write pages): 1.1 MB PSS per connection at
+# 1,000 connections (default sweep, 2026-11-30; 244 KB before the load workers held their
+# connections until the end-of-window reading, when the children had already begun to exit).
 MODEL_BYTES_PER_CONNECTION = {
     "nonblocking": 512,
     "select": 512,

@@ -17,9 +17,12 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from bench.columns import POINT_COLUMNS, STATUS_OK
 from bench.index_page import write_index
-from bench.rankings import ranking_findings
-from bench.report_plots import line_plot
-from bench.report_timeline import closed_ok, cost_plot, headline_level, sparkline, timeline_plot
+from bench.lessons import contrast, cost_findings, lesson_findings
+from bench.rankings import rankable, ranking_findings
+from bench.report_plots import LOG_ZERO, panel_plot, panels_of
+from bench.report_rates import rate_findings, rate_plots
+from bench.report_summary import summary_table
+from bench.report_timeline import closed_ok, cost_plot, headline_level, sparkline, timeline_plot, timeline_rows
 from bench.results_store import RunDirectory, write_text_atomic
 from bench.statistics import final_attempts, truthy
 from bench.tcp_counters import tcp_findings
@@ -33,7 +36,7 @@ MAIN_PLOTS = [
     ("p99_us", "Tail latency (p99)", "p99 latency (µs)", True),
     ("p999_us", "Tail latency (p99.9)", "p99.9 latency (µs)", True),
     ("cpu_us_per_req", "Server CPU per request", "server CPU µs per request", False),
-    ("mem_per_conn_bytes", "Server memory per connection", "bytes per connection (USS; PSS for a process tree)", False),
+    ("mem_per_conn_bytes", "Server memory per connection", "bytes per connection (USS; PSS for a process tree)", True),
     ("ctx_per_req", "Context switches per request", "context switches per request", False),
 ]
 # Not a column of points.csv: the point's completions per 100 ms, drawn from histograms.jsonl.
@@ -60,8 +63,16 @@ def load_points(run_dir: RunDirectory) -> pd.DataFrame:
     return df.reindex(columns=[*POINT_COLUMNS, *[c for c in df.columns if c not in POINT_COLUMNS]])
 
 
-def findings(df: pd.DataFrame, meta: dict[str, Any]) -> list[str]:
-    """What a reader should take away, in sentences computed from the points."""
+def findings(
+    df: pd.DataFrame,
+    meta: dict[str, Any],
+    timelines: dict[str, dict[str, Any]] | None = None,
+    profile: tuple[list[dict[str, Any]], str] = ([], ""),
+) -> list[str]:
+    """What a reader should take away, in sentences computed from the points: rankings, the
+    five I/O models' lessons (bench.lessons; `timelines` by point_id gate single-repeat req/s
+    comparisons, `profile` is a syscall profile's rows and where they came from), costs, then
+    failures and caveats."""
     out: list[str] = []
     if df.empty:
         return ["No point was measured."]
@@ -69,12 +80,16 @@ def findings(df: pd.DataFrame, meta: dict[str, Any]) -> list[str]:
     everything, df = df, final_attempts(df)
     ok = df[(df["status"] == STATUS_OK) & df["workload"].isin(["closed", "churn"])]
     out.extend(ranking_findings(df))
-    out.extend(baseline_findings(ok[ok["workload"] == "closed"]))
-    failed = df[df["status"] == "failed"]
+    out.extend(baseline_findings(ok[ok["workload"] == "closed"], timelines))
+    out.extend(lesson_findings(df, timelines, *profile))
+    out.extend(cost_findings(df, headline_level(df)))
+    # select's wall at 1024 is the first lesson's; the other failures are stated here.
+    failed = df[(df["status"] == "failed") & ~(df["reason"].fillna("").str.contains("FD_SETSIZE"))]
     for model, rows in failed.groupby("model"):
         first = rows.sort_values("connections").iloc[0]
         out.append(f"{model} failed at {int(first['connections']):,} connections: {first['reason']}.")
     out.extend(tcp_findings(df, meta))
+    out.extend(rate_findings(df))
     skipped = df[df["status"] == "skipped"]
     if not skipped.empty:
         out.append(f"{len(skipped)} point(s) were skipped before they started; the table says why.")
@@ -152,13 +167,16 @@ BASELINE = "native"
 SATURATED_PCT = 90.0
 
 
-def baseline_findings(closed: pd.DataFrame) -> list[str]:
+def baseline_findings(closed: pd.DataFrame, timelines: dict[str, dict[str, Any]] | None = None) -> list[str]:
     """Where a Python model out-ran the C baseline (native) in the closed loop, say so and why,
     with the numbers: the faster model bought its rate with CPU native left idle (busy polling);
     native's server not saturated (the load generator set its pace); both native's server and
-    its load worker saturated (the pair of processes, on a small host, was the limit); or a
-    difference inside the repeats' spread, or from one repeat."""
+    its load worker saturated (the pair of processes, on a small host, was the limit). Said only
+    where bench.lessons.contrast finds the model clearly ahead (the paired ratio's 95% CI over
+    repeats above 1; with one repeat, the CI over the two points' 100 ms bins, from
+    `timelines` by point_id), and never of pair-limited points."""
     out: list[str] = []
+    closed = rankable(closed) if not closed.empty else closed
     if closed.empty or BASELINE not in set(closed["model"]):
         return out
     for level, rows in closed.groupby("connections"):
@@ -167,13 +185,20 @@ def baseline_findings(closed: pd.DataFrame) -> list[str]:
         if BASELINE not in rps.index:
             continue
         native = rps[BASELINE]
-        ahead = rps[rps > native].sort_values(ascending=False)
+        gated = {}
+        for model in rps[rps > native].index:
+            found = contrast(rows[rows["model"] == model], rows[rows["model"] == BASELINE], "rps", timelines)
+            if found is not None and found.clear and found.ratio > 1:
+                gated[model] = found
+        ahead = rps[list(gated)].sort_values(ascending=False)
         if ahead.empty:
             continue
         med = {c: by_model[c].median() for c in ("server_cpu_pct", "client_cpu_pct", "cpu_us_per_req", "p50_us")}
         server, client = med["server_cpu_pct"], med["client_cpu_pct"]
         top = ahead.index[0]
-        names = ", ".join(f"{m} ({figure(v)} req/s)" for m, v in ahead.items())
+        names = ", ".join(
+            f"{m} ({figure(v)} req/s; ratio {gated[m].ratio:.2f}, {gated[m].interval()})" for m, v in ahead.items()
+        )
         noun = "connection" if level == 1 else "connections"
         text = f"At {int(level):,} {noun} {names} out-ran the C baseline native ({figure(native)} req/s)"
         why = []
@@ -202,15 +227,6 @@ def baseline_findings(closed: pd.DataFrame) -> list[str]:
                 f"limit, not the server alone (CPU per request: native {med['cpu_us_per_req'][BASELINE]:.1f} µs, "
                 f"{top} {med['cpu_us_per_req'][top]:.1f} µs)"
             )
-        low, high = by_model["rps"].min(), by_model["rps"].max()
-        repeats = int(by_model.size().max())
-        if repeats < 2:
-            why.append("each figure comes from one repeat (use --repeats 3 or more to tell a difference from noise)")
-        elif low[top] <= high[BASELINE]:
-            why.append(
-                f"the repeats overlap ({top} {figure(low[top])}-{figure(high[top])}, native "
-                f"{figure(low[BASELINE])}-{figure(high[BASELINE])} req/s): the difference is within the noise"
-            )
         if not why:
             why.append(
                 f"native's server was saturated ({native_busy:.0f}% CPU) and still slower: look at "
@@ -220,40 +236,39 @@ def baseline_findings(closed: pd.DataFrame) -> list[str]:
     return out
 
 
-def _plots(df: pd.DataFrame, timelines: dict[str, dict[str, Any]]) -> list[dict[str, str]]:
+def _plots(df: pd.DataFrame, timelines: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     plots = []
-    main = df[df["workload"].isin(["closed", "churn", "open"]) & (df.get("idle", 0).fillna(0) == 0)]
-    if len(main["workload"].unique()) > 1:
-        main = main.assign(series=main["model"] + " (" + main["workload"] + ")")
-        series = "series"
-    else:
-        series = "model"
+    # Against connections: the run's own workload. A closed-loop run's lesson points at one
+    # offered rate (bench.lesson_plan) are findings and table rows, not lines.
+    workloads = [w for w in ("closed", "churn", "open") if w in set(df["workload"])]
+    main = df[(df["workload"] == workloads[0]) & (df.get("idle", 0).fillna(0) == 0)] if workloads else df.iloc[:0]
+    series = "model"
     if not main.empty:
+        # Small multiples, a panel per I/O model category: thirteen lines on one axis cannot be followed.
+        panels = len(panels_of(main))
         for column, title, ylabel, log_y in MAIN_PLOTS:
             if column in main.columns and main[column].notna().any() or column == "rps":
-                svg = line_plot(main, "connections", column, title, ylabel, CONNECTIONS, log_y=log_y, series=series)
-                plots.append({"id": f"plot-{column}", "title": f"{title} against connections", "svg": svg})
+                svg = panel_plot(main, "connections", column, title, ylabel, CONNECTIONS, log_y=log_y, series=series)
+                plots.append(
+                    {"id": f"plot-{column}", "title": f"{title} against connections", "svg": svg, "panels": panels}
+                )
     idle = df[df["workload"] == "idle"]
     if not idle.empty:
         both = pd.concat([df[(df["workload"] == "closed") & df["connections"].isin(idle["connections"])], idle])
-        both = both.assign(idle=both["idle"].fillna(0).clip(lower=0.5))
+        both = both.assign(idle=both["idle"].fillna(0).clip(lower=LOG_ZERO))
         for column, title, ylabel in (
             ("rps", "Throughput with idle connections", "requests per second"),
             ("cpu_us_per_req", "Cost of idle connections", "server CPU µs per request"),
         ):
-            svg = line_plot(both, "idle", column, title, ylabel, "idle connections beside the active ones (log scale)")
-            plots.append({"id": f"plot-idle-{column}", "title": title, "svg": svg})
-    opened = df[(df["workload"] == "open") & df["target_rate"].notna()]
-    if not opened.empty:
-        opened = opened.assign(series=opened["model"] + " c=" + opened["connections"].astype(str))
-        svg = line_plot(
-            opened, "target_rate", "p99_us", "Latency against offered rate (open loop)", "p99 latency (µs)",
-            "offered rate, requests per second", log_x=False, log_y=True, series="series",
-        )  # fmt: skip
-        plots.append({"id": "plot-open-p99", "title": "p99 latency against offered rate", "svg": svg})
+            svg = panel_plot(both, "idle", column, title, ylabel, "idle connections beside the active ones (log scale)")
+            plots.append({"id": f"plot-idle-{column}", "title": title, "svg": svg, "panels": len(panels_of(both))})
+    # Open loop at two or more offered rates (a --rate list, a --find-max search): bench.report_rates.
+    plots.extend(rate_plots(df))
     if (level := headline_level(df)) is not None:
         if svg := timeline_plot(df, timelines, level):
-            plots.append({"id": "plot-timeline", "title": f"Throughput over time at {level:,} connections", "svg": svg})
+            title = f"Throughput over time at {level:,} connections"
+            panels = len(panels_of(timeline_rows(df, timelines, level)))
+            plots.append({"id": "plot-timeline", "title": title, "svg": svg, "panels": panels})
         if svg := cost_plot(df, level):
             plots.append({"id": "plot-cost", "title": f"Server cost per request at {level:,} connections", "svg": svg})
     return plots
@@ -288,20 +303,25 @@ def _profile_source(run_path: Path, meta: dict[str, Any]) -> Path | None:
     return max(candidates)[1] if candidates else None
 
 
-def _syscall_profile(run_path: Path, meta: dict[str, Any]) -> tuple[dict[str, str], str]:
-    """model -> 'recvfrom 1.00, sendto 1.00, ...' and where that profile came from."""
-    from bench.syscall_profile import format_top_syscalls, read_syscalls
+def _profile_rows(run_path: Path, meta: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
+    """The syscall profile's rows (bench.syscall_profile.read_syscalls) and where they came from."""
+    from bench.syscall_profile import read_syscalls
 
     source = _profile_source(run_path, meta)
     if source is None:
-        return {}, ""
+        return [], ""
     try:
         rows = read_syscalls(source)
     except (OSError, ValueError, KeyError):
-        return {}, ""
-    models = dict.fromkeys(r["model"] for r in rows)
-    origin = "this run" if source == run_path else f"profile run {source.name}"
-    return {m: format_top_syscalls(rows, m) for m in models}, origin
+        return [], ""
+    return rows, "this run" if source == run_path else f"profile run {source.name}"
+
+
+def _syscall_profile(rows: list[dict[str, Any]]) -> dict[str, str]:
+    """model -> 'recvfrom 1.00, sendto 1.00, ...'."""
+    from bench.syscall_profile import format_top_syscalls
+
+    return {m: format_top_syscalls(rows, m) for m in dict.fromkeys(r["model"] for r in rows)}
 
 
 def render_report(run_path: Path) -> Path:
@@ -330,10 +350,13 @@ def render_report(run_path: Path) -> Path:
     from bench.host import flatten_host, show_value
 
     env = Environment(loader=PackageLoader("bench", "templates"), autoescape=select_autoescape(["html", "j2"]))
-    profile, profile_origin = _syscall_profile(run_dir.path, meta)
+    env.filters["figure"] = figure
+    profile_rows, profile_origin = _profile_rows(run_dir.path, meta)
+    profile = _syscall_profile(profile_rows)
     html = env.get_template("report.html.j2").render(
         meta=meta,
-        findings=findings(df, meta),
+        summary=summary_table(df) if not df.empty else None,
+        findings=findings(df, meta, timelines, (profile_rows, profile_origin)),
         plots=_plots(current, timelines) if not df.empty else [],
         columns=columns,
         rows=rows,

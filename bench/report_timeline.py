@@ -1,6 +1,7 @@
 """The report's views of time and cost inside a point: a sparkline of each point's completions
-per 100 ms, the headline point's throughput over time for every model, and where a request's
-server cost went (user, sys, softirq on the server's CPUs).
+per 100 ms, the headline point's throughput over time for every model (small multiples by I/O
+model category, as bench.report_plots draws them), and where a request's server cost went
+(user, sys, softirq on the server's CPUs).
 
 A timeline is what the load workers counted per bin (loadgen.timeline), stored with the point
 in histograms.jsonl: {"start": s, "step_s": 0.1, "completed": [...], "errors": [...],
@@ -14,12 +15,26 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from matplotlib.patches import Patch
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from bench.columns import STATUS_OK
-from bench.report_plots import model_styles, plt, to_svg
+from bench.report_plots import (
+    CONTEXT_GREY,
+    compact,
+    finish_panels,
+    model_styles,
+    panel_header,
+    panel_of,
+    panels_of,
+    plt,
+    small_multiples,
+    to_svg,
+)
 from loadgen.timeline import window_bins
 
 SPARK_W, SPARK_H = 120, 22
+WINDOW_GREY = "#888888"
 # The level a run's headline plots show, when the run measured it; else the middle level.
 HEADLINE_CONNECTIONS = 100
 
@@ -84,40 +99,57 @@ def headline_level(df: pd.DataFrame) -> int | None:
     return HEADLINE_CONNECTIONS if HEADLINE_CONNECTIONS in levels else levels[len(levels) // 2]
 
 
-def timeline_plot(df: pd.DataFrame, timelines: dict[str, dict[str, Any]], level: int) -> str:
-    """Throughput per 100 ms against time, one line per model, at the headline level (the
-    first repeat of each model that has a timeline), with the window shaded; '' without data."""
+def timeline_rows(df: pd.DataFrame, timelines: dict[str, dict[str, Any]], level: int) -> pd.DataFrame:
+    """The rows timeline_plot draws: at the headline level, the first repeat of each model that
+    has a timeline."""
     rows = closed_ok(df, level)
-    rows = rows[rows["point_id"].isin(timelines)].sort_values("repeat").drop_duplicates("model")
+    return rows[rows["point_id"].isin(timelines)].sort_values("repeat").drop_duplicates("model")
+
+
+def timeline_plot(df: pd.DataFrame, timelines: dict[str, dict[str, Any]], level: int) -> str:
+    """Throughput per 100 ms against time at the headline level (timeline_rows), as small
+    multiples: a panel per I/O model category, its models in colour over every other model in
+    light grey, the measured window shaded; '' without data."""
+    rows = timeline_rows(df, timelines, level)
     if rows.empty:
         return ""
-    fig, ax = plt.subplots(figsize=(7.4, 3.9), dpi=100)
-    styles = model_styles(list(rows["model"]))
-    shaded = False
+    curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    shaded: tuple[float, float] | None = None
     top = 0.0
     for _, row in rows.iterrows():
         timeline = timelines[row["point_id"]]
         t, r = rates(timeline)
         window = window_of(timeline)
         offset = window[0] if window else 0.0
-        color, _marker = styles[row["model"]]
         # steps-post draws each bin from its start: one more vertex closes the last bin.
         end = window[1] if window else (t[-1] + float(timeline.get("step_s") or 0.1) if t.size else 0.0)
-        xs, ys = np.append(t, end) - offset, np.append(r, r[-1] if r.size else 0.0)
-        ax.plot(xs, ys, color=color, label=row["model"], linewidth=1.2, drawstyle="steps-post")
+        curves[str(row["model"])] = (np.append(t, end) - offset, np.append(r, r[-1] if r.size else 0.0))
         top = max(top, float(r.max()) if r.size else 0.0)
-        if window and not shaded:
-            ax.axvspan(0, window[1] - window[0], color="#888", alpha=0.12, lw=0, label="measured window")
-            shaded = True
+        shaded = shaded or ((0.0, window[1] - window[0]) if window else None)
+    names = panels_of(rows)
+    fig, axes = small_multiples(len(names))
+    styles = model_styles(list(curves))
+    for ax, name in zip(axes, names, strict=False):
+        for model, (xs, ys) in curves.items():
+            if panel_of(model) == name:
+                ax.plot(xs, ys, color=styles[model][0], label=model, linewidth=1.3, drawstyle="steps-post", zorder=3)
+            else:
+                ax.plot(xs, ys, color=CONTEXT_GREY, linewidth=0.8, drawstyle="steps-post", zorder=1)
+        if shaded:
+            ax.axvspan(*shaded, color=WINDOW_GREY, alpha=0.12, lw=0)
+        ax.grid(True, alpha=0.3)
+        panel_header(ax, name)
     # From zero, with headroom above the highest bin so that a flat line is not drawn on the frame.
-    ax.set_ylim(0, max(top, 1.0) * 1.12)
-    ax.set_xlabel("seconds from the window's start (warm-up before 0)")
-    ax.set_ylabel("requests per second (per 100 ms)")
-    ax.set_title(f"Throughput over time at {level:,} connections (closed loop, repeat {int(rows['repeat'].min())})")
-    ax.grid(True, alpha=0.3)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, frameon=False)
-    fig.tight_layout()
-    return to_svg(fig)
+    axes[0].set_ylim(0, max(top, 1.0) * 1.12)
+    axes[0].yaxis.set_major_formatter(FuncFormatter(compact))
+    # A third of a page per panel: five ticks of time keep their labels apart.
+    axes[0].xaxis.set_major_locator(MaxNLocator(nbins=5, steps=[1, 2, 2.5, 5, 10]))
+    marks = ([Patch(color=WINDOW_GREY, alpha=0.12, lw=0)], ["measured window"]) if shaded else ([], [])
+    return finish_panels(
+        fig, axes, len(names),
+        f"Throughput over time at {level:,} connections (closed loop, repeat {int(rows['repeat'].min())})",
+        "seconds from the window's start (warm-up before 0)", "requests per second (per 100 ms)", marks,
+    )  # fmt: skip
 
 
 COST_PARTS = (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -15,6 +16,7 @@ from bench.cpus import Pinning
 from bench.find_max import find_max_rate
 from bench.host import describe_host
 from bench.host_probe import PROBE_METHOD, SHIFT_WAIT_S, HostProbe, ShiftWatch
+from bench.lesson_plan import lesson_points
 from bench.point import PointSpec, Timing, run_point, unmeasured_row
 from bench.preflight import SERVER_FD_MARGIN, nofile_limit
 from bench.results_store import RunDirectory, new_run_id, new_run_meta, recording_status
@@ -37,7 +39,9 @@ class RunConfig:
     ready_timeout_s: float = 15.0
     unavailable: dict[str, str] = field(default_factory=dict)
     idle: list[int] = field(default_factory=lambda: [0])
-    rate: float = 0.0
+    # Open loop: the offered rates, req/s over all connections, one point each (--rate). Runs
+    # before rate sweeps wrote a single `rate` number in run.json's config; nothing reads it back.
+    rates: list[float] = field(default_factory=list)
     # 0: auto, per point (auto_server_workers).
     server_workers: int = 0
     fork_cap: int = 1000
@@ -57,6 +61,8 @@ class RunConfig:
     remeasure: int = 0
     # listen()'s backlog for the servers bench starts (--backlog); None with --target.
     backlog: int | None = DEFAULT_BACKLOG
+    # Add the points the report's five lessons need (bench.lesson_plan; --lessons).
+    lessons: bool = False
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -87,38 +93,47 @@ def auto_server_workers(model: str, held: int, nofile: int | None = None) -> int
 
 
 def plan(config: RunConfig) -> list[PointSpec]:
-    """Every (model, connections) point per repeat; the model order rotates between repeats
-    so that a slow drift of the host does not always land on the same model."""
+    """Every (model, connections) point per repeat, for each idle count and, in the open loop,
+    each offered rate (connections, then idle, then rate, then model), then, with `lessons`,
+    the points bench.lesson_plan adds; the model order rotates between repeats so that a slow
+    drift of the host does not always land on the same model."""
     specs = []
+    rates = config.rates if config.workload == "open" and config.rates else [0.0]
     for repeat in range(config.repeats):
         shift = repeat % len(config.models)
         models = config.models[shift:] + config.models[:shift]
-        for connections in config.connections:
-            for idle in config.idle:
-                workload = "idle" if idle and config.workload == "closed" else config.workload
-                for model in models:
-                    specs.append(
-                        PointSpec(
-                            model,
-                            connections,
-                            config.payload,
-                            repeat,
-                            workload,
-                            idle=idle,
-                            rate=config.rate if config.workload == "open" else 0.0,
-                            server_workers=config.server_workers
-                            or auto_server_workers(model, 0 if workload == "churn" else connections + idle),
-                            fork_cap=config.fork_cap,
-                            request_timeout_s=config.request_timeout_s,
-                            target=config.target,
-                            engine=config.engine,
-                            locust_workers=config.locust_workers,
-                            locust_ui=config.locust_ui,
-                            locust_remote_workers=config.locust_remote_workers,
-                            backlog=config.backlog or DEFAULT_BACKLOG,
-                        )
-                    )
+        for connections, idle, rate, model in itertools.product(config.connections, config.idle, rates, models):
+            workload = "idle" if idle and config.workload == "closed" else config.workload
+            specs.append(_spec(config, model, connections, repeat, workload, idle, rate))
+        if config.lessons:
+            available = [m for m in models if m not in config.unavailable]
+            for p in lesson_points(available, config.connections):
+                specs.append(_spec(config, p.model, p.connections, repeat, p.workload, p.idle, p.rate))
     return specs
+
+
+def _spec(
+    config: RunConfig, model: str, connections: int, repeat: int, workload: str, idle: int, rate: float
+) -> PointSpec:
+    return PointSpec(
+        model,
+        connections,
+        config.payload,
+        repeat,
+        workload,
+        idle=idle,
+        rate=rate,
+        server_workers=config.server_workers
+        or auto_server_workers(model, 0 if workload == "churn" else connections + idle),
+        fork_cap=config.fork_cap,
+        request_timeout_s=config.request_timeout_s,
+        target=config.target,
+        engine=config.engine,
+        locust_workers=config.locust_workers,
+        locust_ui=config.locust_ui,
+        locust_remote_workers=config.locust_remote_workers,
+        backlog=config.backlog or DEFAULT_BACKLOG,
+    )
 
 
 def _summary(run_dir: RunDirectory, config: RunConfig) -> dict:

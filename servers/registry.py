@@ -70,6 +70,15 @@ def load(name: str) -> type[EchoServer]:
     return getattr(importlib.import_module(module), cls)
 
 
+def category(name: str) -> str | None:
+    """The model's seed category (its class attribute), without checking that it can run here
+    (native's check builds it); None for a name the registry does not know or cannot import."""
+    try:
+        return load(name).category
+    except Exception:  # noqa: BLE001 - a report must render whatever a model module does on import
+        return None
+
+
 def describe(name: str) -> ModelInfo:
     try:
         server = load(name)

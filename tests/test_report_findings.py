@@ -11,11 +11,21 @@ from bench.report_timeline import sparkline
 def _rows(model: str, rps: list[float], server_pct: float, client_pct: float, level: int = 100) -> list[dict]:
     return [
         {
-            "model": model, "connections": level, "rps": r, "server_cpu_pct": server_pct,
+            "model": model, "connections": level, "rps": r, "server_cpu_pct": server_pct, "status": "ok",
             "client_cpu_pct": client_pct, "cpu_us_per_req": 1e6 * server_pct / 100 / r, "p50_us": 1e6 * level / r,
+            "repeat": repeat, "point_id": f"{model}-c{level}-r{repeat}",
         }
-        for r in rps
+        for repeat, r in enumerate(rps)
     ]  # fmt: skip
+
+
+def _timelines(df: pd.DataFrame, wobble: float = 0.01) -> dict[str, dict]:
+    """Ten 100 ms bins per point at its req/s, each off by +-wobble."""
+    return {
+        row.point_id: {"start": 0.0, "step_s": 0.1, "window": [0.0, 1.0],
+                       "completed": [round(row.rps * 0.1 * (1 + wobble * (-1) ** i)) for i in range(10)]}
+        for row in df.itertuples()
+    }  # fmt: skip
 
 
 def test_nothing_to_say_when_native_leads():
@@ -23,20 +33,34 @@ def test_nothing_to_say_when_native_leads():
     assert baseline_findings(df) == []
 
 
-def test_a_faster_python_model_is_explained_by_the_load_generator_and_the_noise():
+def test_a_faster_median_inside_the_noise_is_not_claimed():
+    # Paired within each repeat, poll over native is 1.11, 0.99 and 1.05: the CI holds 1.
     df = pd.DataFrame(
         _rows("native", [147_760, 150_000, 152_000], 71, 99) + _rows("poll", [164_551, 149_000, 160_000], 99, 98)
     )
+    assert baseline_findings(df) == []
+
+
+def test_a_model_clearly_ahead_is_explained_by_the_load_generator():
+    df = pd.DataFrame(
+        _rows("native", [147_760, 150_000, 152_000, 149_000, 151_000], 71, 99)
+        + _rows("poll", [164_551, 166_000, 168_000, 165_000, 167_000], 99, 98)
+    )
     (text,) = baseline_findings(df)
-    assert text.startswith("At 100 connections poll (160,000 req/s) out-ran the C baseline native (150,000 req/s)")
+    assert text.startswith("At 100 connections poll (166,000 req/s; ratio 1.11, 95% CI")
+    assert "over 5 repeats) out-ran the C baseline native (150,000 req/s)" in text
     assert "native's server used 71% of its CPU while the load workers used 99%" in text
-    assert "the repeats overlap (poll 149,000-164,551, native 147,760-152,000 req/s)" in text
 
 
-def test_one_repeat_is_called_one_repeat_and_a_saturated_native_points_to_the_costs():
+def test_one_repeat_claims_only_what_its_bins_support():
     single = pd.DataFrame(_rows("native", [100e3], 95, 60) + _rows("epoll", [110e3], 95, 60))
-    (text,) = baseline_findings(single)
-    assert "one repeat" in text and "native's server used" not in text
+    # Without sub-window samples a 10% lead from one repeat is no claim at all.
+    assert baseline_findings(single) == []
+    # With steady 100 ms bins it is, and says on what basis.
+    (text,) = baseline_findings(single, _timelines(single))
+    assert "from 100 ms bins" in text and "saturated (95% CPU) and still slower" in text
+    # Bins that swing by 30% put the same medians inside the noise.
+    assert baseline_findings(single, _timelines(single, wobble=0.3)) == []
     apart = pd.DataFrame(_rows("native", [100e3, 101e3], 99, 60) + _rows("epoll", [120e3, 121e3], 99, 60))
     (text,) = baseline_findings(apart)
     assert "saturated (99% CPU) and still slower" in text
@@ -44,14 +68,16 @@ def test_one_repeat_is_called_one_repeat_and_a_saturated_native_points_to_the_co
 
 def test_busy_polling_and_a_saturated_pair_are_named_with_their_numbers():
     spin = pd.DataFrame(_rows("native", [17_452], 38, 41, level=1) + _rows("nonblocking", [33_477], 96, 36, level=1))
-    (text,) = baseline_findings(spin)
-    assert text.startswith("At 1 connection nonblocking (33,477 req/s) out-ran")
+    (text,) = baseline_findings(spin, _timelines(spin))
+    assert text.startswith("At 1 connection nonblocking (33,477 req/s; ratio 1.92")
     assert "nonblocking's server used 96% of its CPU where native's used 38%: it bought its rate with CPU" in text
     assert "neither native's server (38% CPU) nor its load workers (41%) were busy: the round trip" in text
     pair = pd.DataFrame(_rows("native", [136_214], 96, 99) + _rows("uvloop", [153_468], 99, 92))
-    (text,) = baseline_findings(pair)
+    (text,) = baseline_findings(pair, _timelines(pair))
     assert "native's server (96% CPU) and its load worker (99%) were both saturated" in text
     assert "CPU per request: native 7.0 µs, uvloop 6.5 µs" in text
+    # Marked pair-limited, the same points enter no comparison.
+    assert baseline_findings(pair.assign(pair_limited=True), _timelines(pair)) == []
 
 
 def _point(model: str, repeat: int, **extra) -> dict:
