@@ -109,10 +109,13 @@ class CpuSplit:
     sys_s: float
     softirq_s: float
     seconds: float
+    # Busy time on a CPU where no tick landed in user, system, irq or softirq (a short window
+    # at low load): it counts in the total, but nothing says how it splits.
+    unsplit_s: float = 0.0
 
     @property
     def busy_s(self) -> float:
-        return self.user_s + self.sys_s + self.softirq_s
+        return self.user_s + self.sys_s + self.softirq_s + self.unsplit_s
 
 
 def cpu_split(before: HostSnapshot, after: HostSnapshot, cpus: tuple[int, ...]) -> CpuSplit:
@@ -133,7 +136,7 @@ def cpu_split(before: HostSnapshot, after: HostSnapshot, cpus: tuple[int, ...]) 
     its split from the sampled fields. (cpuidle's per-state residency, in µs, would be finer,
     but it counts the interrupts and softirqs served while idle as idle.)"""
     seconds = max(after.at - before.at, 0.0)
-    user = sys_ = soft = 0.0
+    user = sys_ = soft = unsplit = 0.0
     for cpu in cpus:
         end, start = after.ticks.get(cpu), before.ticks.get(cpu)
         if end is None or start is None:
@@ -141,13 +144,15 @@ def cpu_split(before: HostSnapshot, after: HostSnapshot, cpus: tuple[int, ...]) 
         d = _seconds(start, end)
         parts = (d["user"] + d["nice"], d["system"] + d["irq"], d["softirq"])
         sampled = sum(parts)
-        if sampled <= 0:
-            continue
         busy = min(max(seconds - d["idle"] - d["iowait"] - d["steal"], 0.0), seconds)
+        if sampled <= 0:
+            # Ticks missed a light, bursty load: the total from idle still stands.
+            unsplit += busy
+            continue
         user += busy * parts[0] / sampled
         sys_ += busy * parts[1] / sampled
         soft += busy * parts[2] / sampled
-    return CpuSplit(user, sys_, soft, seconds)
+    return CpuSplit(user, sys_, soft, seconds, unsplit)
 
 
 def wait_for_quiet(max_wait_s: float, busy_limit_pct: float = 10.0, step_s: float = 0.2) -> tuple[float, float]:

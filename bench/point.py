@@ -69,7 +69,7 @@ class PointSpec:
         if self.idle:
             parts.append(f"i{self.idle}")
         if self.rate:
-            parts.append(f"q{self.rate:g}")
+            parts.append(f"q{self.rate:.12g}")
         if self.server_workers > 1:
             parts.append(f"w{self.server_workers}")
         return "-".join([*parts, f"r{self.repeat}"])

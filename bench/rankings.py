@@ -2,11 +2,11 @@
 
 Two models are ranked only on the ratio of their req/s paired within each repeat (the models of
 one repeat run back to back, so a phase of the host that slows the whole repeat divides out),
-and only when the bootstrap 95% confidence interval of that ratio's median excludes 1
-(bench.statistics.estimate). Otherwise they are called indistinguishable on this host, with the
-interval. A single repeat gives no interval, so no ranking. Pair-limited points (the server and
-its load worker both saturated: the pair of processes, not the server, set the rate) are left
-out of rankings altogether.
+and only when the distribution-free 95% interval of that ratio's median excludes 1
+(bench.statistics.ratio_estimate; fewer than six repeats give none). Otherwise they are called
+indistinguishable on this host, with the interval, or not ranked for want of repeats.
+Pair-limited points (the server and its load worker both saturated: the pair of processes, not
+the server, set the rate) are left out of rankings altogether.
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from __future__ import annotations
 import pandas as pd
 
 from bench.columns import STATUS_OK
-from bench.statistics import counted, estimate, truthy
+from bench.statistics import MIN_FOR_INTERVAL, counted, per_repeat, ratio_estimate, truthy
 from bench.wording import figure
 
-# Repeats to ask for when a run has too few: with five, the percentile bootstrap's 95% interval
-# of a median no longer spans every value measured.
-REPEATS_NEEDED = 5
+# Repeats to ask for when a run has too few: the fewest with a 95% interval of the paired
+# ratios' median (bench.statistics.median_interval).
+REPEATS_NEEDED = MIN_FOR_INTERVAL
 
 
 def rankable(df: pd.DataFrame) -> pd.DataFrame:
@@ -33,13 +33,11 @@ def rankable(df: pd.DataFrame) -> pd.DataFrame:
 def paired_ratios(rows: pd.DataFrame, a: str, b: str) -> list[float]:
     """req/s of model `a` over model `b`, one ratio per repeat in which both were measured
     (rows: one level of one workload)."""
-    rps = rows.assign(rps=pd.to_numeric(rows["rps"], errors="coerce")).dropna(subset=["rps"])
-    by_repeat = rps.pivot_table(index="repeat", columns="model", values="rps", aggfunc="median")
-    if a not in by_repeat or b not in by_repeat:
-        return []
-    both = by_repeat[[a, b]].dropna()
-    both = both[both[b] > 0]
-    return (both[a] / both[b]).tolist()
+    va = per_repeat(rows[rows["model"] == a], "rps")
+    vb = per_repeat(rows[rows["model"] == b], "rps")
+    vb = vb[vb > 0]
+    common = va.index.intersection(vb.index)
+    return (va[common] / vb[common]).tolist()
 
 
 def leader_sentence(rows: pd.DataFrame, level: int, workload: str) -> str | None:
@@ -63,9 +61,12 @@ def leader_sentence(rows: pd.DataFrame, level: int, workload: str) -> str | None
             f"cannot tell a difference from this host's noise; run --repeats {REPEATS_NEEDED} or more."
         )
     ratios = paired_ratios(usable, top, second)
-    est = estimate(ratios)
+    est = ratio_estimate(ratios)
     if est.ci_low is None or est.ci_high is None:
-        return f"{where}: no ranking by throughput{note}: {top} and {second} share fewer than two repeats ({lead})."
+        return (
+            f"{where}: no ranking by throughput{note}: {top} and {second} share {est.n} repeats ({lead}), too few "
+            f"for a 95% interval of their paired ratio; run --repeats {REPEATS_NEEDED} or more."
+        )
     interval = f"paired ratio {est.median:.3f}, 95% CI {est.ci_low:.3f}-{est.ci_high:.3f} over {est.n} repeats"
     if est.ci_low > 1:
         return (

@@ -24,7 +24,7 @@ from bench.report_rates import rate_findings, rate_plots
 from bench.report_summary import summary_table
 from bench.report_timeline import closed_ok, cost_plot, headline_level, sparkline, timeline_plot, timeline_rows
 from bench.results_store import RunDirectory, write_text_atomic
-from bench.statistics import final_attempts, truthy
+from bench.statistics import MIN_FOR_INTERVAL, final_attempts, flag_hits, truthy
 from bench.tcp_counters import tcp_findings
 from bench.wording import figure
 
@@ -84,7 +84,7 @@ def findings(
     out.extend(lesson_findings(df, timelines, *profile))
     out.extend(cost_findings(df, headline_level(df)))
     # select's wall at 1024 is the first lesson's; the other failures are stated here.
-    failed = df[(df["status"] == "failed") & ~(df["reason"].fillna("").str.contains("FD_SETSIZE"))]
+    failed = df[(df["status"] == "failed") & ~(df["reason"].astype("string").fillna("").str.contains("FD_SETSIZE"))]
     for model, rows in failed.groupby("model"):
         first = rows.sort_values("connections").iloc[0]
         out.append(f"{model} failed at {int(first['connections']):,} connections: {first['reason']}.")
@@ -102,7 +102,7 @@ def findings(
                 f"CPU to spare), so their req/s is a floor for the server, not its limit: {where}."
             )
     if "disturbed" in df.columns:
-        disturbed = df[df["disturbed"].fillna("") != ""]
+        disturbed = df[flag_hits(df, "disturbed")]
         if not disturbed.empty:
             out.append(
                 f"{len(disturbed)} point(s) were disturbed by other load on the host "
@@ -157,7 +157,7 @@ def caveat_findings(df: pd.DataFrame) -> list[str]:
                 parts.append(f"{row.model} {row.rps_ratio:.2f}{ci}")
             out.append(
                 f"Paired with {reference} in each repeat at {level:,} connections (req/s ratio, median over repeats, "
-                f"95% bootstrap CI): {', '.join(parts)}."
+                f"with its distribution-free 95% interval from six repeats up): {', '.join(parts)}."
             )
     return out
 
@@ -172,9 +172,9 @@ def baseline_findings(closed: pd.DataFrame, timelines: dict[str, dict[str, Any]]
     with the numbers: the faster model bought its rate with CPU native left idle (busy polling);
     native's server not saturated (the load generator set its pace); both native's server and
     its load worker saturated (the pair of processes, on a small host, was the limit). Said only
-    where bench.lessons.contrast finds the model clearly ahead (the paired ratio's 95% CI over
-    repeats above 1; with one repeat, the CI over the two points' 100 ms bins, from
-    `timelines` by point_id), and never of pair-limited points."""
+    where bench.lessons.contrast finds the model clearly ahead over repeats (the paired ratio's
+    95% interval above 1, which needs six or more), as for any ranking, and never of
+    pair-limited points; `timelines` (by point_id) are passed on to contrast."""
     out: list[str] = []
     closed = rankable(closed) if not closed.empty else closed
     if closed.empty or BASELINE not in set(closed["model"]):
@@ -188,7 +188,8 @@ def baseline_findings(closed: pd.DataFrame, timelines: dict[str, dict[str, Any]]
         gated = {}
         for model in rps[rps > native].index:
             found = contrast(rows[rows["model"] == model], rows[rows["model"] == BASELINE], "rps", timelines)
-            if found is not None and found.clear and found.ratio > 1:
+            # A lead is a ranking: one repeat, or too few for an interval, states none.
+            if found is not None and found.clear and found.ratio > 1 and found.repeats >= MIN_FOR_INTERVAL:
                 gated[model] = found
         ahead = rps[list(gated)].sort_values(ascending=False)
         if ahead.empty:
@@ -242,6 +243,10 @@ def _plots(df: pd.DataFrame, timelines: dict[str, dict[str, Any]]) -> list[dict[
     # offered rate (bench.lesson_plan) are findings and table rows, not lines.
     workloads = [w for w in ("closed", "churn", "open") if w in set(df["workload"])]
     main = df[(df["workload"] == workloads[0]) & (df.get("idle", 0).fillna(0) == 0)] if workloads else df.iloc[:0]
+    if workloads and workloads[0] == "open" and main["target_rate"].nunique() > 1:
+        # Several offered rates: a line against connections would blend them; the rate plots
+        # (bench.report_rates) draw each against its rate instead.
+        main = main.iloc[:0]
     series = "model"
     if not main.empty:
         # Small multiples, a panel per I/O model category: thirteen lines on one axis cannot be followed.

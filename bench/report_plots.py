@@ -32,7 +32,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator  # noqa: E4
 from matplotlib.transforms import blended_transform_factory  # noqa: E402
 
 from bench.columns import STATUS_OK  # noqa: E402
-from bench.statistics import truthy  # noqa: E402
+from bench.statistics import flag_hits  # noqa: E402
 from servers import registry  # noqa: E402
 
 plt.rcParams.update(
@@ -93,14 +93,9 @@ TITLE_STRIP = 0.4
 def flagged(df: pd.DataFrame, flag: str) -> pd.Series:
     """Rows carrying a caveat: a true flag column; for 'disturbed', a reason in that column or
     a probe that found the host shifted before the point."""
-    hit = pd.Series(False, index=df.index)
     if flag == "disturbed":
-        if "disturbed" in df.columns:
-            hit |= df["disturbed"].fillna("").astype(str) != ""
-        flag = "host_shifted"
-    if flag in df.columns:
-        hit |= truthy(df[flag])
-    return hit
+        return flag_hits(df, "disturbed") | flag_hits(df, "host_shifted")
+    return flag_hits(df, flag)
 
 
 def to_svg(fig: plt.Figure) -> str:

@@ -44,6 +44,7 @@ from bench.report_plots import (
     FLAG_LABELS,
     FLAG_STYLES,
     FOOT,
+    compact,
     flagged,
     model_styles,
     plt,
@@ -98,9 +99,10 @@ class Knee:
         where = f"{self.model} at {self.connections:,} connection{'s' if self.connections != 1 else ''}"
         kept = f"within {RATE_TOLERANCE:.0%}"
         if self.rate is None:
+            got = "failed" if self.achieved_beyond is None else f"{figure(self.achieved_beyond)} achieved"
             return (
                 f"{where} fell behind at every offered rate, from the lowest ({figure(self.beyond or 0)} req/s "
-                f"offered, {figure(self.achieved_beyond or 0)} achieved): its knee lies below the rates measured."
+                f"offered, {got}): its knee lies below the rates measured."
             )
         tail = f" (p99 {_duration(self.p99_us)})" if self.p99_us is not None else ""
         if self.beyond is None:
@@ -108,7 +110,12 @@ class Knee:
                 f"{where} kept up ({kept}) with every offered rate, up to {figure(self.rate)} req/s{tail}: "
                 "no knee was reached, it lies above the rates measured."
             )
-        share = (self.achieved_beyond or 0) / self.beyond
+        if self.achieved_beyond is None:
+            return (
+                f"{where} kept up ({kept}) with the offered rate up to its knee at {figure(self.rate)} req/s{tail}; "
+                f"offered {figure(self.beyond)} req/s, the point failed (the table says why)."
+            )
+        share = self.achieved_beyond / self.beyond
         return (
             f"{where} kept up ({kept}) with the offered rate up to its knee at {figure(self.rate)} req/s{tail}; "
             f"offered {figure(self.beyond)} req/s, it achieved {figure(self.achieved_beyond or 0)} ({share:.0%})."
@@ -148,7 +155,14 @@ def rate_curve(rows: pd.DataFrame) -> pd.DataFrame:
             "server_cpus_pct": _column(ok, "server_cpus_us_per_req") * achieved / 1e4 / cpus,
         }
     )
-    return curve.dropna(subset=["offered", "achieved"]).groupby("offered").median().sort_index()
+    curve = curve.dropna(subset=["offered", "achieved"]).groupby("offered").median()
+    # A rate whose every point failed is a miss, not a gap: it stays in the curve, achieved NaN.
+    failed = set(_column(rows, "target_rate").dropna()) - set(curve.index)
+    return curve.reindex(sorted(set(curve.index) | failed))
+
+
+def _number(value: object) -> float | None:
+    return float(value) if pd.notna(value) else None
 
 
 def find_knee(model: str, connections: int, curve: pd.DataFrame) -> Knee | None:
@@ -156,7 +170,7 @@ def find_knee(model: str, connections: int, curve: pd.DataFrame) -> Knee | None:
     if curve.empty:
         return None
     offered = [float(r) for r in curve.index]
-    kept = [keeps_up(float(a), o) for o, a in zip(offered, curve["achieved"], strict=True)]
+    kept = [pd.notna(a) and keeps_up(float(a), o) for o, a in zip(offered, curve["achieved"], strict=True)]
     first_miss = kept.index(False) if False in kept else None
     knee_at = len(kept) - 1 if first_miss is None else first_miss - 1
     p99 = curve["p99_us"].iloc[knee_at] if knee_at >= 0 else None
@@ -165,7 +179,7 @@ def find_knee(model: str, connections: int, curve: pd.DataFrame) -> Knee | None:
         connections=connections,
         rate=offered[knee_at] if knee_at >= 0 else None,
         beyond=offered[first_miss] if first_miss is not None else None,
-        achieved_beyond=float(curve["achieved"].iloc[first_miss]) if first_miss is not None else None,
+        achieved_beyond=_number(curve["achieved"].iloc[first_miss]) if first_miss is not None else None,
         p99_us=float(p99) if p99 is not None and pd.notna(p99) else None,
     )
 
@@ -434,15 +448,15 @@ def _mark_knee(ax: plt.Axes, knee: Knee, curve: pd.DataFrame, color: object, slo
         # behind), and achieved = offered goes on above right; at the lowest rate, up and to the
         # right, or the label would leave the panel.
         first = knee.rate <= float(curve.index[0])
-        ax.annotate(f"knee {_rate(knee.rate)}", (knee.rate, achieved), xytext=(5 if first else -5, 5 + 11 * slot),
+        ax.annotate(f"knee {compact(knee.rate)}", (knee.rate, achieved), xytext=(5 if first else -5, 5 + 11 * slot),
                     textcoords="offset points", ha="left" if first else "right", va="bottom", fontsize=8,
                     color=color, fontweight="bold")  # fmt: skip
         _knee_line(ax, knee, color)
         return
     if knee.rate is None:
-        text = f"no knee{named}: behind from {_rate(knee.beyond or 0)}"
+        text = f"no knee{named}: behind from {compact(knee.beyond or 0)}"
     else:
-        text = f"no knee{named}: kept up to {_rate(knee.rate)}"
+        text = f"no knee{named}: kept up to {compact(knee.rate)}"
     note = ax.text(0.03, 0.95 - 0.08 * slot, text, transform=ax.transAxes, ha="left", va="top", fontsize=8,
                    color=color)  # fmt: skip
     note.set_gid(f"knee-{knee.model}-{knee.connections}")
@@ -509,7 +523,7 @@ def _rate_format(axis: Axis) -> None:
     """Rates on an axis as 5k, 120k, and on a log axis at 1, 2 and 5 of each decade."""
     if axis.get_scale() == "log":
         axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    axis.set_major_formatter(FuncFormatter(lambda value, _pos: _rate(value)))
+    axis.set_major_formatter(FuncFormatter(compact))
     axis.set_minor_formatter(NullFormatter())
 
 
@@ -529,14 +543,6 @@ def _handle(label: str, **style: object) -> Line2D:
 
 def _series_name(connections: int) -> str:
     return f"{connections:,} conn."
-
-
-def _rate(value: float) -> str:
-    """A rate (req/s) for a label, to three significant digits: 800, 5k, 61.6k, 120k, 1.2M."""
-    for scale, unit in ((1e6, "M"), (1e3, "k")):
-        if abs(value) >= scale:
-            return f"{value / scale:.3g}{unit}"
-    return f"{value:.3g}"
 
 
 def _duration(us: float | None) -> str:

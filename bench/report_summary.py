@@ -2,8 +2,8 @@
 connections when measured), sorted by median req/s, with ties shown as ties.
 
 A model shares the rank of the model above it ("=2") unless the ratio of their req/s paired
-within each repeat has a bootstrap 95% CI that lies above 1: the gate bench.rankings uses for
-its sentences (bench.rankings.paired_ratios, bench.statistics.estimate). A new rank is a claim
+within each repeat has a 95% interval (bench.statistics.ratio_estimate) above 1: the gate
+bench.rankings uses for its sentences (bench.rankings.paired_ratios). A new rank is a claim
 that every model above it is ahead of every model from it down, so it starts only where each of
 those pairs passes the gate: the pairs need not agree (native clearly ahead of poll, poll tied
 with epoll, native and epoll not told apart), and a step between neighbours alone would then
@@ -21,7 +21,7 @@ import pandas as pd
 from bench.columns import STATUS_OK
 from bench.rankings import REPEATS_NEEDED, paired_ratios, rankable
 from bench.report_timeline import headline_level
-from bench.statistics import counted, estimate, final_attempts, truthy
+from bench.statistics import counted, estimate, final_attempts, flag_hits, ratio_estimate
 
 # Caveats a row names, as the table words them: (column, words).
 FLAG_WORDS = (
@@ -117,7 +117,7 @@ def _rank(ranked: list[SummaryRow], usable: pd.DataFrame) -> list[SummaryRow]:
     the rank above; "=" on shared ranks."""
     models = [row.model for row in ranked]
     ahead = {
-        (a, b): (est := estimate(paired_ratios(usable, a, b))).ci_low is not None and est.ci_low > 1
+        (a, b): (est := ratio_estimate(paired_ratios(usable, a, b))).ci_low is not None and est.ci_low > 1
         for i, a in enumerate(models)
         for b in models[i + 1 :]
     }
@@ -137,9 +137,7 @@ def _flags(rows: pd.DataFrame, ok: pd.DataFrame) -> list[str]:
     out = []
     several = len(rows) > 1
     for column, words in FLAG_WORDS:
-        if column not in rows.columns:
-            continue
-        hit = rows[column].fillna("").astype(str) != "" if column == "disturbed" else truthy(rows[column])
+        hit = flag_hits(rows, column)
         if hit.any():
             out.append(f"{words} {int(hit.sum())} of {len(rows)}" if several else words)
     if not ok.empty:

@@ -6,6 +6,7 @@ repeats; these numbers say how much one would believe a difference between two m
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +21,8 @@ BOOTSTRAP_RESAMPLES = 2000
 CONFIDENCE = 0.95
 # Above this coefficient of variation a point is called noisy in the run summary.
 NOISY_CV = 0.10
+# The fewest paired ratios with a distribution-free 95% interval of their median (median_interval).
+MIN_FOR_INTERVAL = 6
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,55 @@ def estimate(values: list[float] | np.ndarray, seed: int = 0) -> Estimate:
     return Estimate(median, float(low), float(high), cv, int(data.size))
 
 
+def per_repeat(rows: pd.DataFrame, metric: str) -> pd.Series:
+    """`metric` of `rows` (one point, or one model at one level) as numbers, one per repeat:
+    the median where a repeat has several rows, so that duplicates never count as repeats."""
+    values = pd.to_numeric(rows[metric], errors="coerce")
+    return values.groupby(rows["repeat"].astype(str)).median().dropna()
+
+
+def flag_hits(df: pd.DataFrame, flag: str) -> pd.Series:
+    """Rows carrying a flag column: a true boolean, or for `disturbed` (a reason in words) any
+    text; all False where the column is missing (a run written before it existed)."""
+    if flag not in df.columns:
+        return pd.Series(False, index=df.index)
+    if flag == "disturbed":
+        return df[flag].astype("string").fillna("").str.strip() != ""
+    return truthy(df[flag])
+
+
+def median_interval(values: list[float] | np.ndarray, confidence: float = CONFIDENCE) -> tuple[float, float] | None:
+    """A distribution-free interval for the median: the order statistics [x(k), x(n+1-k)] with
+    the largest k whose coverage, 1 - 2 P(Binomial(n, 1/2) < k), is at least `confidence`
+    (Conover, Practical Nonparametric Statistics, 3rd ed., section 3.2). None when even
+    [min, max] covers less: with k = 1 the coverage is 1 - 2^(1-n), 93.75% for five values and
+    96.9% for six, so a 95% interval needs six (MIN_FOR_INTERVAL). A percentile bootstrap of
+    the median gives about [min, max] below that and calls equal models apart far too often
+    (half the time with two repeats, a quarter with three)."""
+    data = np.sort(np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float))
+    n = int(data.size)
+    best = 0
+    for k in range(1, n // 2 + 1):
+        if 1 - 2 * sum(math.comb(n, i) for i in range(k)) / 2**n < confidence:
+            break
+        best = k
+    return (float(data[best - 1]), float(data[n - best])) if best else None
+
+
+def ratio_estimate(ratios: list[float] | np.ndarray) -> Estimate:
+    """The median of paired ratios (one per repeat) with median_interval's 95% interval: the
+    gate every ranking and comparison in words passes (a difference is claimed only when the
+    interval excludes 1); no interval from fewer than MIN_FOR_INTERVAL ratios."""
+    data = np.asarray([v for v in ratios if v is not None and np.isfinite(v)], dtype=float)
+    if data.size == 0:
+        return Estimate(float("nan"), None, None, None, 0)
+    interval = median_interval(data)
+    mean = float(np.mean(data))
+    cv = float(np.std(data, ddof=1) / mean) if data.size > 1 and mean else None
+    low, high = interval if interval else (None, None)
+    return Estimate(float(np.median(data)), low, high, cv, int(data.size))
+
+
 def _key_frame(df: pd.DataFrame, columns: list[str] = POINT_KEY) -> pd.DataFrame:
     keys = df.reindex(columns=columns).copy()
     return keys.fillna("").astype(str)
@@ -56,7 +108,7 @@ def _key_frame(df: pd.DataFrame, columns: list[str] = POINT_KEY) -> pd.DataFrame
 
 def truthy(series: pd.Series) -> pd.Series:
     """A boolean column as points.csv holds it (True/true/1 as text, or bools), as bools."""
-    return series.fillna("").astype(str).str.lower().isin({"true", "1", "1.0"})
+    return series.astype("string").fillna("").str.lower().isin({"true", "1", "1.0"})
 
 
 def replaced(df: pd.DataFrame) -> pd.Series:
@@ -116,7 +168,8 @@ def add_repeat_statistics(df: pd.DataFrame, reference: str = "") -> pd.DataFrame
 def add_paired_ratios(df: pd.DataFrame, reference: str, groups: pd.Series, ok: pd.Series) -> pd.DataFrame:
     """`rps_vs_reference`: each counted row's req/s over the reference model's in the same
     repeat at the same point (same workload, connections, idle, ...); `rps_ratio` with
-    `rps_ratio_ci_low`/`_high`: the median of those per-repeat ratios and its bootstrap 95% CI.
+    `rps_ratio_ci_low`/`_high`: the median of those per-repeat ratios and its distribution-free
+    95% interval (median_interval; none from fewer than six repeats).
 
     The models of one repeat are measured back to back, so a phase of the host that slows the
     whole repeat divides out of the ratio; the ratio's spread is therefore the honest measure
@@ -134,7 +187,7 @@ def add_paired_ratios(df: pd.DataFrame, reference: str, groups: pd.Series, ok: p
     df.loc[paired, "rps_vs_reference"] = rps[paired] / context[paired].map(ref_rps)
     for group in groups[paired].unique():
         members = groups == group
-        est = estimate(df.loc[members & paired, "rps_vs_reference"].to_numpy())
+        est = ratio_estimate(df.loc[members & paired, "rps_vs_reference"].to_numpy())
         df.loc[members, "rps_ratio"] = est.median
         df.loc[members, "rps_ratio_ci_low"] = est.ci_low
         df.loc[members, "rps_ratio_ci_high"] = est.ci_high

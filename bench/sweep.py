@@ -107,9 +107,12 @@ def plan(config: RunConfig) -> list[PointSpec]:
             specs.append(_spec(config, model, connections, repeat, workload, idle, rate))
         if config.lessons:
             available = [m for m in models if m not in config.unavailable]
-            for p in lesson_points(available, config.connections):
+            for p in lesson_points(available, config.connections, config.idle):
                 specs.append(_spec(config, p.model, p.connections, repeat, p.workload, p.idle, p.rate))
-    return specs
+    # A point the sweep and the lessons both ask for is measured once: histograms.jsonl keeps
+    # one line per point_id, and statistics would count the second as a repeat.
+    seen: set[str] = set()
+    return [spec for spec in specs if not (spec.point_id in seen or seen.add(spec.point_id))]
 
 
 def _spec(

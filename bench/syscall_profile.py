@@ -355,8 +355,8 @@ def profile_model(model: str, config: ProfileConfig, strace: str, out_dir: Path)
         # at the trace's start, and every request counted has all its server calls traced.
         window = load.schedule(0.0, config.duration_s)
         _sleep_until(window[1] - DETACH_MARGIN_S, server)
-        # The trace's end: freeze the load workers (not the server) before their window ends
-        # and they close their connections, let the server finish the echoes in flight, then
+        # The trace's end: freeze the load workers (not the server) before their window ends,
+        # let the server finish the echoes in flight, then
         # detach. Requests the server served but the frozen workers have not counted yet are
         # the echoes waiting in the clients' receive queues: added to the count below.
         paused_at = time.monotonic()

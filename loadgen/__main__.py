@@ -6,6 +6,7 @@ Speaks the protocol of loadgen.control on stdin/stdout; the harness (bench) is i
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
 
 from bench.child import die_with_parent, parse_cpus, pin_to_cpus
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         _close(conn)
         return 1
     window = Window(schedule["window_start"], schedule["window_end"])
-    held: list = []
+    held: list[socket.socket] = []
     if churn:
         start_at = schedule["start_at"]
         result = run_churn(

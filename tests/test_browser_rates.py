@@ -53,6 +53,8 @@ def test_rate_sweep_plots_in_a_browser(chromium, tmp_path, capsys):  # noqa: F81
     figures = {f["id"]: f for f in _svg_sizes(page, "figure.plot")}
     assert set(RATE_PLOTS) <= set(figures), list(figures)
     assert "plot-open-p99" not in figures  # the single p99 plot the three replace
+    # Four rates at one connection count: no line against connections blends them into one dot.
+    assert "plot-rps" not in figures and "plot-p99_us" not in figures, list(figures)
     _assert_drawn([figures[p] for p in RATE_PLOTS])
     for plot in RATE_PLOTS:
         panels = _panels(page, plot)

@@ -40,15 +40,23 @@ def test_bins_ratio_is_a_ratio_of_means_with_an_interval_around_it():
 
 
 def test_contrast_uses_repeats_then_bins_then_a_factor():
-    a = pd.DataFrame([_row("a", 10, 110 + r, repeat=r) for r in range(5)])
-    b = pd.DataFrame([_row("b", 10, 100 + r, repeat=r) for r in range(5)])
+    a = pd.DataFrame([_row("a", 10, 110 + r, repeat=r) for r in range(6)])
+    b = pd.DataFrame([_row("b", 10, 100 + r, repeat=r) for r in range(6)])
     found = contrast(a, b, "rps")
-    assert found.clear and found.basis == "over 5 repeats" and found.low > 1
-    # One repeat each: the bins decide for req/s ...
-    one_a, one_b = a.head(1), b.head(1)
-    timelines = {one_a["point_id"].iloc[0]: _steady(110), one_b["point_id"].iloc[0]: _steady(100)}
+    assert found.clear and found.basis == "over 6 repeats" and found.low > 1
+    # Five repeats give no 95% interval of a median: a 10% lead is then no claim.
+    found = contrast(a.head(5), b.head(5), "rps")
+    assert not found.clear and found.low is None and "5 repeats, too few for an interval" in found.basis
+    # A repeat measured twice is one repeat, not two.
+    assert contrast(pd.concat([a.head(1)] * 2), b.head(1), "rps").repeats == 1
+    # One repeat each: the bins decide for req/s, beyond 1.35x (the host's drift between points) ...
+    one_a, one_b = a.head(1).assign(rps=150), b.head(1)
+    timelines = {one_a["point_id"].iloc[0]: _steady(150), one_b["point_id"].iloc[0]: _steady(100)}
     assert contrast(one_a, one_b, "rps", timelines).clear
-    noisy = {one_a["point_id"].iloc[0]: _steady(110, 0.4), one_b["point_id"].iloc[0]: _steady(100, 0.4)}
+    assert not contrast(
+        one_a.assign(rps=110), one_b, "rps", {**timelines, one_a["point_id"].iloc[0]: _steady(110)}
+    ).clear
+    noisy = {one_a["point_id"].iloc[0]: _steady(150, 0.9), one_b["point_id"].iloc[0]: _steady(100, 0.9)}
     assert not contrast(one_a, one_b, "rps", noisy).clear
     # ... but not when a point is flagged, nor for a cost: then only a factor of two is stated.
     shifted = one_a.assign(host_shifted=True)
@@ -58,7 +66,7 @@ def test_contrast_uses_repeats_then_bins_then_a_factor():
     assert not contrast(shifted.assign(rps=300), one_b, "rps").clear
     assert contrast(shifted.assign(rps=1200), one_b, "rps").clear
     # An unsteady point's bins do not speak for it, but a factor of two still does.
-    assert not contrast(one_a.assign(unsteady=True), one_b, "rps", timelines).clear
+    assert not contrast(one_a.assign(unsteady=True), one_b, "rps", timelines).clear  # 1.5x, not 2x
     assert contrast(one_a.assign(unsteady=True, rps=300), one_b, "rps", timelines).clear
     assert not contrast(one_a, one_b, "rps").clear
     assert contrast(one_a.assign(rps=300), one_b, "rps").clear
@@ -104,12 +112,15 @@ def test_each_lesson_is_a_sentence_with_its_numbers():
     assert wall.endswith("where it had served 1,000 at 121,000 req/s; poll, with no such limit, served as many.")
     assert "with 1,000 idle connections beside 10 active ones" in idle
     assert "select kept 20% of its req/s (28,000 against 138,000; 95% CI" in idle
-    assert "poll kept 33%" in idle and "epoll was indistinguishable from none" in idle
+    assert "poll kept 33%" in idle and "epoll was not clearly slowed, at 101% (145,000 against 144,000;" in idle
     assert "io_uring failed (server died)" in idle
-    assert "threads 52 KB (155× epoll's) and fork 241 KB (717× epoll's), against 336 B for epoll" in blocking
+    assert (
+        "threads 52 KB (155× epoll's; one repeat: stated only beyond a factor of 2) and fork 241 KB (717× epoll's; "
+        "one repeat: stated only beyond a factor of 2), against 336 B for epoll"
+    ) in blocking
     assert "threads 1.76" in blocking and "fork 0.77" in blocking
     assert "at 1,000 req/s offered over 10 connections (open loop), nonblocking's server used 98% of a CPU" in busy
-    assert "where epoll 3.2% of one (one repeat: stated only beyond a factor of 2): without" in busy
+    assert "where epoll used 3.2% (one repeat: stated only beyond a factor of 2): without" in busy
     assert syscalls.startswith("System calls per request (strace -c, profile run p1): sigio 3.00 in all")
     assert "epoll 0.50 in all" in syscalls
 
@@ -137,18 +148,33 @@ def test_costs_are_stated_only_when_apart():
 def test_the_plan_adds_the_points_the_lessons_need():
     models = ["threads", "nonblocking", "select", "poll", "epoll", "io_uring", "native"]
     points = lesson_points(models, [10, 100, 1000, 2000])
-    idle = [(p.model, p.idle) for p in points if p.workload == "idle"]
-    assert idle == [(m, LESSON_IDLE) for m in ("select", "poll", "epoll", "io_uring")]
+    idle = [(p.model, p.connections, p.idle) for p in points if p.workload == "idle"]
+    assert idle == [(m, LESSON_ACTIVE, LESSON_IDLE) for m in ("select", "poll", "epoll", "io_uring")]
     assert [(p.model, p.rate) for p in points if p.workload == "open"] == [
         ("nonblocking", BUSY_RATE),
         ("epoll", BUSY_RATE),
     ]
-    # Without the active count in the sweep, its idle-free baseline is added too.
-    baseline = [p for p in lesson_points(models, [100]) if p.workload == "closed"]
-    assert [(p.model, p.connections) for p in baseline] == [
-        (m, LESSON_ACTIVE) for m in ("select", "poll", "epoll", "io_uring")
+    assert not [p for p in points if p.workload == "closed"]
+    # The idle connections go beside the sweep's fewest; its idle-free points are the sweep's own,
+    # unless --idle left 0 out.
+    assert {p.connections for p in lesson_points(models, [100, 1000]) if p.workload == "idle"} == {100}
+    baseline = [p for p in lesson_points(models, [100], idle=[1000]) if p.workload == "closed"]
+    assert [(p.model, p.connections, p.idle) for p in baseline] == [
+        (m, 100, 0) for m in ("select", "poll", "epoll", "io_uring")
     ]
     assert lesson_points(["threads", "fork"], [100]) == []
+
+
+def test_a_point_the_sweep_and_the_lessons_share_is_measured_once(tmp_path):
+    from bench.cpus import Pinning
+    from bench.sweep import RunConfig, plan
+
+    config = RunConfig(
+        models=["select", "poll", "epoll"], connections=[10], payload=64, duration_s=1.0, warmup_s=0.5, repeats=2,
+        out=tmp_path, pinning=Pinning((0,), (1,)), idle=[0, 1000], lessons=True,
+    )  # fmt: skip
+    ids = [spec.point_id for spec in plan(config)]
+    assert len(ids) == len(set(ids)) == 2 * 3 * 2, ids
 
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "lessons_run"
@@ -169,11 +195,13 @@ def test_the_default_sweep_teaches_each_lesson(tmp_path):
         "select's wall": "select cannot watch a descriptor numbered 1024 or more (FD_SETSIZE, select(2)): it failed "
         "holding 2,000 connections (select() cannot watch descriptor 1027), where it had served 1,000 at 133,665 req/s",
         "idle connections": "with 1,000 idle connections beside 10 active ones, select kept 22% of its req/s "
-        "(32,231 against 143,884; 95% CI 0.22-0.23 from 100 ms bins, CPU per request 6.9 → 30.7 µs); poll kept 39%",
+        "(32,231 against 143,884; 95% CI 0.22-0.23 from 100 ms bins, stated only beyond 1.35x, CPU per request 6.9 → "
+        "30.7 µs); poll kept 39%",
         "a thread or process per connection": "A thread or a process per connection costs the blocking servers: "
-        "memory per connection at 1,000 connections: threads 60 KB (180× epoll's) and fork 1.1 MB",
+        "memory per connection at 1,000 connections: threads 60 KB (180× epoll's; one repeat, host shifted: stated "
+        "only beyond a factor of 10) and fork 1.1 MB",
         "busy polling": "Busy polling burns a CPU: at 1,000 req/s offered over 10 connections (open loop), "
-        "nonblocking's server used 98% of a CPU (979 µs per request), where epoll 3.8% of one",
+        "nonblocking's server used 98% of a CPU (979 µs per request), where epoll used 3.8%",
         "syscalls per request": f"System calls per request (strace -c, profile run {PROFILE_ID}): sigio 3.86 in all "
         "(recvfrom 1.93 (0.93 failed), sendto 1.00, rt_sigtimedwait 0.93); io_uring 0.03 in all",
     }
@@ -184,5 +212,5 @@ def test_the_default_sweep_teaches_each_lesson(tmp_path):
         f.startswith("At 100 connections native spent the least server CPU per request, 5.2 µs") for f in findings
     )
     # One repeat: no ranking by throughput, with the reason and what to do.
-    assert any("no ranking by throughput" in f and "run --repeats 5" in f for f in findings)
+    assert any("no ranking by throughput" in f and "run --repeats 6" in f for f in findings)
     assert not any(" leads with " in f for f in findings)

@@ -193,3 +193,10 @@ def test_a_rate_list_runs_a_point_per_rate_and_old_single_rate_runs_still_render
     # The offered rate is a point parameter (target_rate), not a setting that differs between the runs.
     settings = [name for name, _values in compare.build_comparison([str(old), str(run)]).settings]
     assert not [name for name in settings if name.startswith("rate")], settings
+
+
+def test_a_rate_whose_points_failed_is_a_miss_not_a_gap():
+    rows = [*_sweep("epoll", [5_000, 20_000, 60_000, 0])[:3], {**_open("epoll", 120_000, 0), "status": "failed"}]
+    (knee,) = knees(pd.DataFrame(rows))
+    assert (knee.rate, knee.beyond, knee.achieved_beyond) == (60_000, 120_000, None)
+    assert knee.sentence().endswith("offered 120,000 req/s, the point failed (the table says why).")
