@@ -454,33 +454,62 @@ def lesson_findings(
     ]
 
 
+# The costs stated across every model: (column, what it is, how a value is written).
+COSTS = (
+    ("cpu_us_per_req", "server CPU per request", lambda v: f"{figure(v)} µs"),
+    ("mem_per_conn_bytes", "server memory per connection", _bytes),
+    ("ctx_per_req", "context switches per request", lambda v: f"{v:.2f}" if v >= 0.01 else f"{v:.4f}"),
+)
+
+
 def cost_findings(df: pd.DataFrame, level: int | None) -> list[str]:
-    """Item 5 of the report's findings: CPU per request across the models at the headline
-    `level` (closed loop), cheapest against dearest, stated only when `contrast` finds them apart."""
+    """Item 5 of the report's findings: each cost of COSTS across the models, least against
+    most, stated as a difference only when `contrast` finds them apart: CPU per request and
+    context switches per request at the headline `level`, memory per connection at the largest
+    closed-loop count where two or more models have it (it is not measured below 100)."""
     if level is None:
         return []
-    rows = _ok(df[(df["workload"] == "closed") & (df["connections"] == level)])
-    if "idle" in rows.columns:
-        rows = rows[pd.to_numeric(rows["idle"], errors="coerce").fillna(0) == 0]
-    cpu = rows.groupby("model")["cpu_us_per_req"].median().dropna().sort_values()
-    if len(cpu) < 2:
-        return []
-    cheap, dear = cpu.index[0], cpu.index[-1]
-    found = contrast(rows[rows["model"] == dear], rows[rows["model"] == cheap], "cpu_us_per_req")
+    closed = _ok(df[(df["workload"] == "closed") & (pd.to_numeric(df["idle"], errors="coerce").fillna(0) == 0)])
+    out = []
+    for column, what, show in COSTS:
+        if column not in closed.columns:
+            continue
+        at = level
+        if column == "mem_per_conn_bytes":
+            have = closed[pd.to_numeric(closed[column], errors="coerce") > 0]
+            # The count where the most models have it (the largest of those): fork stops at its cap.
+            levels = [(rows["model"].nunique(), c) for c, rows in have.groupby("connections")]
+            if not levels or max(levels)[0] < 2:
+                continue
+            at = int(max(levels)[1])
+        if sentence := _cost_range(closed[closed["connections"] == at], column, what, show, at):
+            out.append(sentence)
+    return out
+
+
+def _cost_range(rows: pd.DataFrame, column: str, what: str, show: Callable[[float], str], level: int) -> str | None:
+    values = pd.to_numeric(rows[column], errors="coerce")
+    by_model = values[values > 0].groupby(rows["model"]).median().sort_values()
+    if len(by_model) < 2:
+        return None
+    least, most = by_model.index[0], by_model.index[-1]
+    found = contrast(rows[rows["model"] == most], rows[rows["model"] == least], column)
     if found is None:
-        return []
-    listing = ", ".join(f"{m} {figure(v)}" for m, v in cpu.items())
+        return None
+    listing = ", ".join(f"{m} {show(v)}" for m, v in by_model.items())
+    low, high = show(by_model.iloc[0]), show(by_model.iloc[-1])
     if not found.compared:
-        return [
-            f"At {level:,} connections the servers' CPU per request ranged from {figure(cpu.iloc[0])} µs ({cheap}) "
-            f"to {figure(cpu.iloc[-1])} µs ({dear}); {found.interval()}: {listing} µs."
-        ]
+        return (
+            f"At {level:,} connections the {what} ranged from {low} ({least}) to {high} ({most}); "
+            f"{found.interval()}: {listing}."
+        )
     if not found.clear:
-        return [
-            f"At {level:,} connections the servers' CPU per request ranged only from {figure(cpu.iloc[0])} to "
-            f"{figure(cpu.iloc[-1])} µs ({found.interval()}): no model is clearly cheaper ({listing} µs)."
-        ]
-    return [
-        f"At {level:,} connections {cheap} spent the least server CPU per request, {figure(cpu.iloc[0])} µs, and "
-        f"{dear} the most, {figure(cpu.iloc[-1])} µs ({found.ratio:.1f}×; {found.interval()}): {listing} µs."
-    ]
+        return (
+            f"At {level:,} connections the {what} ranged only from {low} to {high} ({found.interval()}): no model is "
+            f"clearly cheaper ({listing})."
+        )
+    times = f"{found.ratio:,.0f}×" if found.ratio >= 10 else f"{found.ratio:.1f}×"
+    return (
+        f"At {level:,} connections {least} had the least {what}, {low}, and {most} the most, {high} "
+        f"({times}; {found.interval()}): {listing}."
+    )

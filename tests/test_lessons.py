@@ -139,7 +139,7 @@ def test_a_lesson_without_its_points_says_how_to_measure_it():
 def test_costs_are_stated_only_when_apart():
     rows = [_row("native", 100, 180_000, cpu_us_per_req=5.3), _row("asyncio", 100, 39_000, cpu_us_per_req=25.5)]
     (text,) = cost_findings(pd.DataFrame(rows), 100)
-    assert text.startswith("At 100 connections native spent the least server CPU per request, 5.3 µs, and asyncio")
+    assert text.startswith("At 100 connections native had the least server CPU per request, 5.3 µs, and asyncio")
     rows = [_row("epoll", 100, 145_000, cpu_us_per_req=6.7), _row("poll", 100, 147_000, cpu_us_per_req=6.8)]
     (text,) = cost_findings(pd.DataFrame(rows), 100)
     assert "no model is clearly cheaper" in text
@@ -208,9 +208,16 @@ def test_the_default_sweep_teaches_each_lesson(tmp_path):
     for lesson, text in lessons.items():
         assert any(text in f for f in findings), (lesson, findings)
     assert any("context switches per request at 1,000 connections: threads 3.99" in f for f in findings)
+    assert any(f.startswith("At 100 connections native had the least server CPU per request, 5.2 µs") for f in findings)
+    # The costs across every model: memory per connection where all thirteen have it, context switches per request.
     assert any(
-        f.startswith("At 100 connections native spent the least server CPU per request, 5.2 µs") for f in findings
-    )
+        f.startswith("At 1,000 connections native had the least server memory per connection, 57 B, and fork the most")
+        for f in findings
+    ), findings
+    assert any(
+        f.startswith("At 100 connections io_uring had the least context switches per request, 0.0001, and threads")
+        for f in findings
+    ), findings
     # One repeat: no ranking by throughput, with the reason and what to do.
     assert any("no ranking by throughput" in f and "run --repeats 6" in f for f in findings)
     assert not any(" leads with " in f for f in findings)
