@@ -195,8 +195,9 @@ def add_paired_ratios(df: pd.DataFrame, reference: str, groups: pd.Series, ok: p
 
 
 def ranking_warnings(df: pd.DataFrame) -> list[str]:
-    """Where the spread is too wide to rank models: overlapping CIs of neighbours in the
-    ranking by median req/s, and noisy points."""
+    """The points whose repeats are noisy (CV above NOISY_CV). Whether two models can be ranked
+    is bench.rankings' to say, from their req/s paired within each repeat: the overlap of two
+    unpaired intervals would call models equal that a phase of the host moved together."""
     warnings: list[str] = []
     if df.empty or "rps_median" not in df.columns:
         return warnings
@@ -209,17 +210,6 @@ def ranking_warnings(df: pd.DataFrame) -> list[str]:
             f"{cv_row.model} at {cv_row.connections} connections ({cv_row.workload}) is noisy: "
             f"req/s varied by {cv_row.rps_cv:.0%} (coefficient of variation) over {int(cv_row.repeats_ok)} repeats"
         )
-    context = [c for c in POINT_KEY if c in points.columns and c != "model"]
-    for _, level in points.groupby(context, dropna=False):
-        ranked = level.sort_values("rps_median", ascending=False).to_dict("records")
-        for a, b in zip(ranked, ranked[1:], strict=False):
-            if a["rps_ci_low"] <= b["rps_ci_high"]:
-                ci_a = f"{a['rps_ci_low']:,.0f}-{a['rps_ci_high']:,.0f}"
-                ci_b = f"{b['rps_ci_low']:,.0f}-{b['rps_ci_high']:,.0f}"
-                warnings.append(
-                    f"cannot rank {a['model']} above {b['model']} at {a['connections']} connections "
-                    f"({a['workload']}): their 95% confidence intervals of req/s overlap ({ci_a} vs {ci_b})"
-                )
     return warnings
 
 
