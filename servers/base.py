@@ -3,20 +3,27 @@
 A server binds, listens, then prints one JSON ready line on stdout and echoes until
 SIGTERM/SIGINT. A failure it cannot recover from (select() past FD_SETSIZE, say) is printed
 as a JSON `fatal` line, so the harness can record the reason instead of guessing it from a
-dead socket.
+dead socket. Out of descriptors at accept() it sheds connections instead (servers.shedding):
+a JSON `shed` line as each episode ends, and a `stats` line, the last one on stdout, at a
+clean exit and on SIGUSR1.
 """
 
 from __future__ import annotations
 
 import abc
+import contextlib
 import json
 import os
 import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
+
+# A module reference: servers.shedding imports this module too.
+from servers import shedding
 
 
 class ServerShutdown(BaseException):
@@ -48,11 +55,16 @@ class EchoServer(abc.ABC):
     # Event-driven models can run as N processes, each with its own SO_REUSEPORT listener, so
     # that one server holds more connections than one process's descriptor limit allows.
     supports_workers: ClassVar[bool] = False
+    # True for a model whose accepts go through accept_gate (servers.shedding.LEDGER counts what
+    # it sheds): each of its processes then prints the stats line at a clean exit and on
+    # SIGUSR1. A model that accepts by other means says what it sheds itself, if anything.
+    reports_shedding: ClassVar[bool] = False
 
     def __init__(self, options: ServerOptions) -> None:
         self.options = options
         self.listener: socket.socket | None = None
         self.worker_pids: list[int] = []
+        self._gates: list[shedding.AcceptGate] = []
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
@@ -76,8 +88,29 @@ class EchoServer(abc.ABC):
         """Release what the model holds beyond its sockets (children, threads)."""
         return None
 
+    def accept_gate(
+        self,
+        listener: socket.socket,
+        on_pause: Callable[[], None] | None = None,
+        on_resume: Callable[[], None] | None = None,
+        serves: bool = True,
+    ) -> shedding.AcceptGate:
+        """The model's accept path, which survives running out of descriptors or memory (see
+        servers.shedding.AcceptGate for the arguments); its spare descriptor is closed when
+        the server exits. A model that uses it sets `reports_shedding`."""
+        gate = shedding.AcceptGate(
+            listener,
+            on_pause=on_pause or shedding.nothing,
+            on_resume=on_resume or shedding.nothing,
+            serves=serves,
+        )
+        self._gates.append(gate)
+        return gate
+
     def run(self) -> int:
         _install_shutdown_handlers()
+        signal.signal(signal.SIGUSR1, self._on_stats_request)
+        clean = False
         try:
             workers = self.options.workers
             if workers > 1 and not self.supports_workers:
@@ -95,7 +128,9 @@ class EchoServer(abc.ABC):
                 ready.update(workers=workers, worker_pids=self.worker_pids)
             emit(ready)
             self.serve(self.listener)
+            clean = True  # serve() returns only when a model's own loop took SIGTERM (asyncio)
         except ServerShutdown:
+            clean = True
             return 0
         except ServerFailure as exc:
             emit({"event": "fatal", "model": self.name, "reason": str(exc)})
@@ -109,7 +144,24 @@ class EchoServer(abc.ABC):
             if self.listener is not None:
                 self.listener.close()
             self._stop_workers()
+            self._finish_shedding(clean)
         return 0
+
+    def _finish_shedding(self, clean: bool) -> None:
+        """Close the gates' spare descriptors and print what they shed: an episode still open,
+        then, after SIGTERM/SIGINT, the stats line."""
+        for gate in self._gates:
+            gate.close()
+        if self.reports_shedding:
+            shedding.LEDGER.finish(clean)
+
+    def _on_stats_request(self, signum: int, frame: object) -> None:
+        """SIGUSR1: the stats line now, without stopping; each worker prints its own."""
+        if self.reports_shedding:
+            shedding.LEDGER.report()
+        for pid in self.worker_pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGUSR1)
 
     def _fork_worker(self, listener: socket.socket, all_extra: list[socket.socket]) -> None:
         pid = os.fork()
@@ -126,16 +178,19 @@ class EchoServer(abc.ABC):
         self.listener.close()
         self.listener = listener
         code = 0
+        clean = False
         try:
             self.serve(listener)
+            clean = True
         except ServerShutdown:
-            pass
+            clean = True
         except Exception as exc:  # noqa: BLE001 - reported like the main process's failures
             emit({"event": "fatal", "model": self.name, "reason": f"worker {os.getpid()}: {type(exc).__name__}: {exc}"})
             code = 3
         finally:
             _ignore_shutdown_signals()
             self.close()
+            self._finish_shedding(clean)
         os._exit(code)
 
     def _stop_workers(self, grace_s: float = 0.8) -> None:
@@ -178,6 +233,8 @@ def _install_shutdown_handlers() -> None:
 
 
 def _ignore_shutdown_signals() -> None:
-    # A second SIGTERM during clean-up must not abort the clean-up itself.
+    # A second SIGTERM during clean-up must not abort the clean-up itself, and a SIGUSR1 must
+    # not print a stats line after the last one.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)

@@ -103,17 +103,3 @@ class Connection:
 
     def close(self) -> None:
         self.sock.close()
-
-
-def accept_ready(listener: socket.socket, limit: int = 256) -> list[socket.socket]:
-    """Accept the connections waiting on a non-blocking listener (at most `limit`)."""
-    accepted = []
-    for _ in range(limit):
-        try:
-            sock, _addr = listener.accept()
-        except _WOULD_BLOCK:
-            break
-        except (ConnectionAbortedError, ConnectionResetError):
-            continue
-        accepted.append(sock)
-    return accepted

@@ -22,7 +22,8 @@ import select
 import socket
 
 from servers.base import EchoServer
-from servers.connection import Connection, accept_ready
+from servers.connection import Connection
+from servers.shedding import AcceptGate
 
 _IN, _OUT, _ET = select.EPOLLIN, select.EPOLLOUT, select.EPOLLET
 _ERR = select.EPOLLERR | select.EPOLLHUP
@@ -33,6 +34,7 @@ ACCEPT_BATCH = 256
 class EpollEdgeServer(EchoServer):
     name = "epoll-et"
     category = "I/O multiplexing"
+    reports_shedding = True
     supports_workers = True
     mechanism = (
         "select.epoll, edge-triggered (EPOLLET): each socket registered once for IN|OUT, "
@@ -47,12 +49,15 @@ class EpollEdgeServer(EchoServer):
         ep.register(lfd, _IN | _ET)
         conns: dict[int, Connection] = {}
         self._conns = conns
+        # Edge-triggered: a paused listener stays registered (it reports only new arrivals, so
+        # it cannot spin the loop), and what queued meanwhile is taken when the pause ends.
+        gate = self.accept_gate(listener, on_resume=lambda: self._accept_all(gate, ep, conns))
         # fds whose reading stopped at HIGH_WATER, possibly with unread data in the kernel.
         starved: set[int] = set()
         while True:
-            for fd, ev in ep.poll(-1, MAX_EVENTS):
+            for fd, ev in ep.poll(gate.timeout(), MAX_EVENTS):
                 if fd == lfd:
-                    self._accept_all(listener, ep, conns)
+                    self._accept_all(gate, ep, conns)
                     continue
                 conn = conns[fd]
                 alive = True
@@ -71,16 +76,17 @@ class EpollEdgeServer(EchoServer):
                     starved.discard(fd)
                     del conns[fd]
                     conn.close()
+                    gate.freed()
+            gate.tick()
 
-    def _accept_all(self, listener: socket.socket, ep: select.epoll, conns: dict[int, Connection]) -> None:
+    def _accept_all(self, gate: AcceptGate, ep: select.epoll, conns: dict[int, Connection]) -> None:
         # One edge may stand for many queued connections: accept until the queue is empty.
-        while batch := accept_ready(listener, ACCEPT_BATCH):
-            for sock in batch:
-                conn = Connection(sock)
-                conns[conn.fd] = conn
-                conn.mask = _IN | _OUT | _ET
-                # Data already queued at registration is reported at once: ADD checks readiness.
-                ep.register(conn.fd, conn.mask)
+        for sock in gate.accept_all(ACCEPT_BATCH):
+            conn = Connection(sock)
+            conns[conn.fd] = conn
+            conn.mask = _IN | _OUT | _ET
+            # Data already queued at registration is reported at once: ADD checks readiness.
+            ep.register(conn.fd, conn.mask)
 
     def close(self) -> None:
         for conn in getattr(self, "_conns", {}).values():

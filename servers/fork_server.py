@@ -3,7 +3,10 @@
 The parent only ever holds the listener: every accepted socket is closed in the parent right
 after the fork, so its descriptor count stays flat however many clients are connected. The
 number of live children is capped (`--fork-cap`); past the cap new connections are accepted
-and closed at once, so a connection storm cannot turn into a fork bomb.
+and closed at once, so a connection storm cannot turn into a fork bomb. Those are shed as a
+server out of descriptors sheds (servers.shedding), counted with errno "fork-cap"; a failed
+fork() sheds its connection with fork()'s errno, and the parent's accept() survives EMFILE,
+ENFILE, ENOBUFS and ENOMEM through the same gate as every model.
 
 The child blocks in recv(). A lone recv-then-sendall loop deadlocks with a client that writes
 more than the socket buffers hold (about 9 MiB on loopback here) before it reads: sendall waits
@@ -17,6 +20,7 @@ gives two threads. Queued output is bounded by HIGH_WATER, as in the non-blockin
 from __future__ import annotations
 
 import ctypes
+import errno
 import gc
 import os
 import signal
@@ -28,12 +32,17 @@ from collections.abc import Callable
 from bench.child import PR_SET_PDEATHSIG
 from servers.base import EchoServer, ServerOptions, emit
 from servers.connection import HIGH_WATER
+from servers.shedding import LEDGER, AcceptGate, errno_name
 
 RECV_SIZE = 65536
 # Signals whose handlers touch the set of children (SIGCHLD reaps, SIGTERM/SIGINT unwind into
-# close()). They are blocked from just before fork() until the new pid is recorded, so the
-# set is never out of step with the kernel, and the child starts with them pending, not lost.
-_GUARDED = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT}
+# close()), and SIGUSR1, whose handler prints the parent's stats line: a child must not print
+# it before its stdout is /dev/null. They are blocked from just before fork() until the new pid
+# is recorded, so the set is never out of step with the kernel, and the child starts with them
+# pending, not lost.
+_GUARDED = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1}
+# What a connection shed past the cap is counted as: no errno, the model's own limit.
+CAP_CAUSE = "fork-cap"
 # How long close() lets children exit on SIGTERM before it SIGKILLs the rest; the contract
 # gives the whole server one second.
 _TERM_GRACE = 0.4
@@ -43,6 +52,7 @@ _KILL_GRACE = 0.3
 class ForkServer(EchoServer):
     name = "fork"
     category = "blocking"
+    reports_shedding = True
     mechanism = (
         "a process per connection: accept, fork; the child blocks in recv and, while the socket "
         "is full, a writer thread blocks in sendall"
@@ -58,6 +68,7 @@ class ForkServer(EchoServer):
         # again: one warning per crossing, not one per refused client.
         self._capped = False
         self._fork_failing = False
+        self._gate: AcceptGate | None = None
 
     def serve(self, listener: socket.socket) -> None:
         self._parent_pid = os.getpid()
@@ -68,38 +79,43 @@ class ForkServer(EchoServer):
         # collector from writing to their pages in a child (copy-on-write) if it ever runs.
         gc.freeze()
         cap = self.options.fork_cap
+        # The cap may still shed what the gate accepts, so a connection ends a shedding episode
+        # only once its child is forked (served() below).
+        gate = self._gate = self.accept_gate(listener, serves=False)
         while True:
-            try:
-                sock, _addr = listener.accept()
-            except ConnectionAbortedError:
-                continue
+            sock = gate.accept_blocking()
             if len(self._children) >= cap:
                 # The SIGCHLD handler may not have run yet for a child that just exited.
                 self._reap()
             if len(self._children) >= cap:
                 sock.close()
+                LEDGER.shed(CAP_CAUSE)
                 if not self._capped:
                     self._capped = True
                     self._warn(f"fork cap of {cap} live children reached: further connections closed")
                 continue
             self._capped = False
-            self._fork(sock, listener)
+            if self._fork(sock, listener):
+                gate.served()
 
-    def _fork(self, sock: socket.socket, listener: socket.socket) -> None:
+    def _fork(self, sock: socket.socket, listener: socket.socket) -> bool:
+        """Fork a child to serve `sock`; False when fork() failed and the connection was shed."""
         signal.pthread_sigmask(signal.SIG_BLOCK, _GUARDED)
         try:
             try:
                 pid = os.fork()
             except OSError as exc:
                 # Out of processes or memory: refuse this client, keep serving the others.
+                LEDGER.shed(errno_name(exc.errno or errno.EAGAIN))
                 if not self._fork_failing:
                     self._fork_failing = True
                     self._warn(f"fork failed ({exc.strerror}): connection closed")
-                return
+                return False
             if pid == 0:
                 self._child(sock, listener)  # never returns
             self._fork_failing = False
             self._children.add(pid)
+            return True
         finally:
             sock.close()
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _GUARDED)
@@ -109,9 +125,10 @@ class ForkServer(EchoServer):
         # run()'s clean-up and the child would kill its siblings. Always leave via _exit,
         # which also skips flushing the stdout buffer copied from the parent.
         try:
-            # The parent's handlers raise ServerShutdown or reap; a child just dies on SIGTERM.
+            # The parent's handlers raise ServerShutdown or reap; a child just dies on SIGTERM,
+            # and has no stats of its own to print on SIGUSR1 (its default action would kill it).
             for sig in _GUARDED:
-                signal.signal(sig, signal.SIG_DFL)
+                signal.signal(sig, signal.SIG_IGN if sig == signal.SIGUSR1 else signal.SIG_DFL)
             if self._prctl is not None:
                 self._prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _GUARDED)
@@ -122,6 +139,8 @@ class ForkServer(EchoServer):
             os.dup2(self._devnull, 1)
             os.close(self._devnull)
             listener.close()
+            if self._gate is not None:
+                self._gate.close()  # the parent's spare descriptor
             _echo(sock)
         except BaseException:  # noqa: BLE001 - resets and broken pipes just end this child
             pass

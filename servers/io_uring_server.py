@@ -10,6 +10,14 @@ and waits for at least one completion.
 
 An fd is closed (by a CLOSE SQE) only when nothing is in flight on it; a connection that fails
 with operations still in flight gets them cancelled first.
+
+Out of descriptors the kernel ends the multishot accept with -EMFILE, and arming it again would
+fail at once (accept reserves the descriptor before it looks at the queue), so the server then
+sheds through servers.shedding's gate, with plain accept() calls on the non-blocking listener:
+what is queued is accepted in the spare descriptor's place and closed. Until a connection's
+CLOSE completes (a descriptor is free again) a one-shot POLL on the listener stands in for the
+accept, and each new arrival is shed the same way. Where shedding cannot work (ENOMEM, say) the
+gate pauses: nothing is armed on the listener until a CLOSE completes or its back-off passes.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import errno
 import functools
 import itertools
 import os
+import select
 import signal
 import socket
 import time
@@ -26,6 +35,7 @@ import time
 from servers import uring
 from servers.base import EchoServer, ServerFailure, ServerOptions
 from servers.connection import HIGH_WATER
+from servers.shedding import RESOURCE_ERRNOS, AcceptGate
 
 RING_ENTRIES = 4096
 CQ_ENTRIES = 16384
@@ -36,15 +46,13 @@ BUFFER_GROUP = 0
 SHUTDOWN_DRAIN_S = 0.5
 
 # user_data = connection id << 3 | operation; id 0 is the server's own operations.
-_ACCEPT, _RECV, _SEND, _CLOSE, _CANCEL, _WAKE, _CANCEL_ALL = range(7)
+_ACCEPT, _RECV, _SEND, _CLOSE, _CANCEL, _WAKE, _CANCEL_ALL, _POLL = range(8)
 _OP_BITS = 3
 _OP_MASK = (1 << _OP_BITS) - 1
 
 # A peer that vanished or a cancelled operation: close quietly, as the contract asks.
 # Anything else means a bug in this server and is reported as fatal rather than hidden.
 _BUG_ERRNOS = frozenset({errno.EFAULT, errno.EINVAL, errno.EBADF, errno.ENOTSOCK, errno.EOPNOTSUPP})
-# The process or system is out of descriptors or memory: wait for a connection to close.
-_ACCEPT_PAUSE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _NOTHING = b""
 
 
@@ -76,6 +84,7 @@ def _support_problem() -> str | None:
 class IoUringServer(EchoServer):
     name = "io_uring"
     category = "asynchronous"
+    reports_shedding = True
     supports_workers = True
     mechanism = (
         "completion-based io_uring: one multishot accept SQE, one recv SQE in flight per connection "
@@ -84,6 +93,7 @@ class IoUringServer(EchoServer):
     )
     _ring: uring.Ring
     _buffers: uring.BufferGroup
+    _gate: AcceptGate
 
     def __init__(self, options: ServerOptions) -> None:
         super().__init__(options)
@@ -93,7 +103,8 @@ class IoUringServer(EchoServer):
         self._closing: dict[int, int] = {}  # cid -> fd, while its CLOSE SQE is not completed
         self._ids = itertools.count(1)
         self._starved: list[_Conn] = []
-        self._accept_paused = False
+        # Out of descriptors: a one-shot POLL on the listener stands in for the accept.
+        self._accept_limited = False
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
@@ -102,17 +113,22 @@ class IoUringServer(EchoServer):
     def serve(self, listener: socket.socket) -> None:
         # Kept before anything else can fail, so that close() releases the ring.
         self._ring = ring = uring.Ring(RING_ENTRIES, CQ_ENTRIES)
-        self._attach(ring, uring.BufferGroup(ring, BUFFER_GROUP, BUFFER_COUNT, BUFFER_SIZE), listener.fileno())
+        # Non-blocking for the gate's own accept() calls when shedding; the kernel's accept
+        # waits for readiness by itself all the same.
+        listener.setblocking(False)
+        gate = self.accept_gate(listener, on_resume=self._arm_accept)
+        self._attach(ring, uring.BufferGroup(ring, BUFFER_GROUP, BUFFER_COUNT, BUFFER_SIZE), listener.fileno(), gate)
         # Accepted sockets inherit TCP_NODELAY from the listener: no setsockopt per connection.
         listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._arm_wakeup()
-        ring.accept_multishot(self._lfd, _ACCEPT)
+        self._arm_accept()
         while True:
-            ring.submit(wait_nr=1)
+            # A paused gate's back-off bounds the wait; otherwise completions alone wake it.
+            ring.submit(wait_nr=1, timeout=gate.timeout())
             self._dispatch(ring.completions())
 
-    def _attach(self, ring: uring.Ring, buffers: uring.BufferGroup, listen_fd: int) -> None:
-        self._ring, self._buffers, self._lfd = ring, buffers, listen_fd
+    def _attach(self, ring: uring.Ring, buffers: uring.BufferGroup, listen_fd: int, gate: AcceptGate) -> None:
+        self._ring, self._buffers, self._lfd, self._gate = ring, buffers, listen_fd, gate
 
     def _dispatch(self, completions: list[tuple[int, int, int]]) -> None:
         """Handle one batch of completions, queueing the SQEs they call for."""
@@ -125,12 +141,15 @@ class IoUringServer(EchoServer):
                 self._on_send(conns[user_data >> _OP_BITS], res)
             elif op == _CLOSE:
                 self._closing.pop(user_data >> _OP_BITS, None)
+                self._on_closed()
             elif op == _CANCEL:
                 conn = conns[user_data >> _OP_BITS]
                 conn.cancel_busy = False
                 self._advance(conn)
             elif op == _ACCEPT:
                 self._on_accept(res, flags)
+            elif op == _POLL:
+                self._on_poll(res)
             elif op == _WAKE:
                 self._on_wakeup(res)
         if self._starved:
@@ -139,24 +158,67 @@ class IoUringServer(EchoServer):
             for conn in starved:
                 if conns.get(conn.cid) is conn:  # not closed later in the same batch
                     self._advance(conn)
+        # A pause ends after a CLOSE completed in this batch, or at its back-off.
+        self._gate.tick()
 
     # -- completions ----------------------------------------------------------------------
 
     def _on_accept(self, res: int, flags: int) -> None:
         if res >= 0:
-            conn = _Conn(next(self._ids), res)
-            self._conns[conn.cid] = conn
-            self._advance(conn)
+            self._gate.served()
+            self._add(res)
         elif -res in _BUG_ERRNOS:
             raise ServerFailure(f"io_uring accept failed: {os.strerror(-res)}")
         if flags & uring.CQE_F_MORE:
             return
         # The kernel ended the multishot accept (an error ends it): ask again, unless it would
-        # fail again at once for want of descriptors or memory; then a closing connection does.
-        if res < 0 and -res in _ACCEPT_PAUSE_ERRNOS:
-            self._accept_paused = True
+        # fail again at once for want of descriptors or memory.
+        if res < 0 and -res in RESOURCE_ERRNOS:
+            self._shed()
         else:
             self._ring.accept_multishot(self._lfd, _ACCEPT)
+
+    def _on_poll(self, res: int) -> None:
+        if res < 0 and -res in _BUG_ERRNOS:
+            raise ServerFailure(f"io_uring poll on the listener failed: {os.strerror(-res)}")
+        # A poll left over from before a CLOSE re-armed the accept has nothing to do.
+        if self._accept_limited:
+            self._shed()
+
+    def _shed(self) -> None:
+        """Out of descriptors or memory at accept: shed what is queued (the gate accepts each
+        in its spare descriptor's place and closes it), then wait for the next arrival with a
+        one-shot POLL, or, if the gate paused, with nothing armed until it resumes."""
+        kept = False
+        for sock in self._gate.accept_all():
+            # A descriptor was free after all (a CLOSE the kernel ran, not yet reaped).
+            kept = True
+            self._add(sock.detach())
+        if self._gate.paused:
+            self._accept_limited = False  # on_resume arms the accept again
+        elif kept:
+            self._arm_accept()
+        else:
+            self._accept_limited = True
+            if not self._ring.is_pending(_POLL):
+                self._ring.poll_add(self._lfd, select.POLLIN, _POLL)
+
+    def _on_closed(self) -> None:
+        """A CLOSE completed: its descriptor is free, so accepting can start again (not when
+        the CLOSE is queued: it may run after an accept in the same submission)."""
+        self._gate.freed()
+        if self._accept_limited:
+            self._arm_accept()
+
+    def _arm_accept(self) -> None:
+        self._accept_limited = False
+        if not self._ring.is_pending(_ACCEPT):
+            self._ring.accept_multishot(self._lfd, _ACCEPT)
+
+    def _add(self, fd: int) -> None:
+        conn = _Conn(next(self._ids), fd)
+        self._conns[conn.cid] = conn
+        self._advance(conn)
 
     def _on_recv(self, conn: _Conn, res: int, flags: int) -> None:
         conn.recv_busy = False
@@ -224,9 +286,6 @@ class IoUringServer(EchoServer):
             ring.close_fd(conn.fd, base | _CLOSE)
             self._closing[conn.cid] = conn.fd
             del self._conns[conn.cid]
-            if self._accept_paused and not ring.is_pending(_ACCEPT):
-                self._accept_paused = False
-                ring.accept_multishot(self._lfd, _ACCEPT)
             return
         if not conn.recv_busy and not conn.eof and (not conn.send_busy or conn.unsent < HIGH_WATER):
             ring.recv_provided(conn.fd, self._buffers, base | _RECV)

@@ -11,12 +11,13 @@ from __future__ import annotations
 import socket
 
 from servers.base import EchoServer
-from servers.connection import Connection, accept_ready
+from servers.connection import Connection
 
 
 class NonblockingServer(EchoServer):
     name = "nonblocking"
     category = "non-blocking"
+    reports_shedding = True
     mechanism = (
         "O_NONBLOCK sockets polled in a busy loop: accept() and recv() on every socket each "
         "sweep, EAGAIN when idle; no multiplexer, one CPU spent even with no traffic"
@@ -24,10 +25,13 @@ class NonblockingServer(EchoServer):
 
     def serve(self, listener: socket.socket) -> None:
         listener.setblocking(False)
+        # A pause needs no unwatching here: a paused gate's accept() returns at once, and this
+        # loop spins anyway.
+        gate = self.accept_gate(listener)
         conns: list[Connection] = []
         self._conns = conns
         while True:
-            for sock in accept_ready(listener):
+            for sock in gate.accept():
                 conns.append(Connection(sock))
             dead: list[Connection] = []
             for conn in conns:
@@ -41,9 +45,11 @@ class NonblockingServer(EchoServer):
             if dead:
                 for conn in dead:
                     conn.close()
+                gate.freed()
                 gone = set(map(id, dead))
                 # In place, so close() still sees the live list if shutdown lands here.
                 conns[:] = [c for c in conns if id(c) not in gone]
+            gate.tick()
 
     def close(self) -> None:
         for conn in getattr(self, "_conns", ()):

@@ -6,7 +6,7 @@ import select
 import socket
 
 from servers.base import EchoServer, ServerFailure
-from servers.connection import Connection, accept_ready
+from servers.connection import Connection
 
 FD_SETSIZE = 1024
 
@@ -14,18 +14,22 @@ FD_SETSIZE = 1024
 class SelectServer(EchoServer):
     name = "select"
     category = "I/O multiplexing"
+    reports_shedding = True
     mechanism = "select.select over read/write lists; fails on any descriptor number >= 1024"
 
     def serve(self, listener: socket.socket) -> None:
         listener.setblocking(False)
+        # The lists are built anew for each call, so a paused gate needs no callbacks: the
+        # listener is simply left out of them (a readable listener would wake every call).
+        gate = self._gate = self.accept_gate(listener)
         conns: dict[int, Connection] = {}
         self._conns = conns
         lfd = listener.fileno()
         while True:
-            rlist = [lfd] + [fd for fd, c in conns.items() if c.wants_read]
+            rlist = ([] if gate.paused else [lfd]) + [fd for fd, c in conns.items() if c.wants_read]
             wlist = [fd for fd, c in conns.items() if c.wants_write]
             try:
-                readable, writable, _ = select.select(rlist, wlist, [])
+                readable, writable, _ = select.select(rlist, wlist, [], gate.timeout())
             except ValueError as exc:
                 # Python refuses what C would silently corrupt: a descriptor past the bitmap.
                 highest = max(conns, default=lfd)
@@ -35,7 +39,7 @@ class SelectServer(EchoServer):
                 ) from exc
             for fd in readable:
                 if fd == lfd:
-                    for sock in accept_ready(listener):
+                    for sock in gate.accept():
                         conn = Connection(sock)
                         conns[conn.fd] = conn
                     continue
@@ -46,10 +50,12 @@ class SelectServer(EchoServer):
                 conn = conns.get(fd)
                 if conn is not None and not conn.service(False, True):
                     self._drop(conn)
+            gate.tick()
 
     def _drop(self, conn: Connection) -> None:
         if self._conns.pop(conn.fd, None) is not None:
             conn.close()
+            self._gate.freed()
 
     def close(self) -> None:
         for conn in getattr(self, "_conns", {}).values():

@@ -11,7 +11,7 @@ import selectors
 import socket
 
 from servers.base import EchoServer
-from servers.connection import Connection, accept_ready
+from servers.connection import Connection
 
 _R, _W = selectors.EVENT_READ, selectors.EVENT_WRITE
 
@@ -19,6 +19,7 @@ _R, _W = selectors.EVENT_READ, selectors.EVENT_WRITE
 class SelectorsServer(EchoServer):
     name = "selectors"
     category = "I/O multiplexing"
+    reports_shedding = True
     supports_workers = True
     mechanism = (
         f"selectors.DefaultSelector ({selectors.DefaultSelector.__name__} on this host), "
@@ -31,13 +32,18 @@ class SelectorsServer(EchoServer):
         self._selector = sel
         # The listener's key carries no Connection: that is how the loop tells it apart.
         sel.register(listener, _R, None)
+        # Level-triggered (epoll): a listener left registered while accepting is paused would
+        # wake every select() at once.
+        gate = self.accept_gate(
+            listener, on_pause=lambda: sel.unregister(listener), on_resume=lambda: sel.register(listener, _R, None)
+        )
         conns: dict[int, Connection] = {}
         self._conns = conns
         while True:
-            for key, events in sel.select():
+            for key, events in sel.select(gate.timeout()):
                 conn: Connection | None = key.data
                 if conn is None:
-                    for sock in accept_ready(listener):
+                    for sock in gate.accept():
                         conn = Connection(sock)
                         conns[conn.fd] = conn
                         conn.mask = _R
@@ -53,6 +59,7 @@ class SelectorsServer(EchoServer):
                     sel.unregister(conn.fd)
                     del conns[conn.fd]
                     conn.close()
+                    gate.freed()
                     continue
                 mask = (_R if conn.wants_read else 0) | (_W if conn.wants_write else 0)
                 # Never empty (selectors would refuse it): a connection that neither reads
@@ -60,6 +67,7 @@ class SelectorsServer(EchoServer):
                 if mask != conn.mask:
                     conn.mask = mask
                     sel.modify(conn.fd, mask, conn)
+            gate.tick()
 
     def close(self) -> None:
         for conn in getattr(self, "_conns", {}).values():

@@ -30,7 +30,8 @@ import socket
 import sys
 
 from servers.base import EchoServer, ServerFailure, ServerOptions
-from servers.connection import Connection, accept_ready
+from servers.connection import Connection
+from servers.shedding import RESOURCE_ERRNOS, AcceptGate
 
 SIG_READY = signal.SIGRTMIN + 1
 # The si_fd probe's own signal, so that its siginfo cannot be confused with a socket's.
@@ -61,7 +62,12 @@ def probe_si_fd() -> bool:
     """Check that si_status carries si_fd: True when verified, False when the real-time queue
     was full (the kernel sent SIGIO instead, left pending). SIG_PROBE and SIGIO must be blocked.
     """
-    a, b = socket.socketpair()
+    try:
+        a, b = socket.socketpair()
+    except OSError as exc:
+        if exc.errno in RESOURCE_ERRNOS:
+            return False  # out of descriptors: unverified for now, tried again at the next scan
+        raise
     try:
         fd = a.fileno()
         arm(fd, SIG_PROBE)
@@ -85,6 +91,7 @@ def probe_si_fd() -> bool:
 class SigioServer(EchoServer):
     name = "sigio"
     category = "signal-driven"
+    reports_shedding = True
     mechanism = (
         "F_SETOWN + O_ASYNC + F_SETSIG(SIGRTMIN+1) per socket; one queued siginfo (fd, band) "
         "per readiness event, taken with sigwaitinfo; on queue overflow (plain SIGIO) every "
@@ -98,6 +105,7 @@ class SigioServer(EchoServer):
         self._starved: set[int] = set()
         self._old_mask: set[int] | None = None
         self._armed_listener: socket.socket | None = None
+        self._gate: AcceptGate | None = None
         # Until the si_fd alias is verified, a real-time signal only means "scan everything".
         self.si_fd_verified = False
         # Full scans made: after queue overflows, and while si_fd is unverified.
@@ -124,18 +132,26 @@ class SigioServer(EchoServer):
         listener.setblocking(False)
         arm(listener.fileno())
         self._armed_listener = listener
+        # A signal reports an arrival once, like an epoll edge, so a paused listener cannot spin
+        # the loop; what queued meanwhile is taken when the pause ends.
+        gate = self._gate = self.accept_gate(listener, on_resume=self._accept_all)
         lfd = listener.fileno()
         conns = self._conns
         # Clients may have connected between listen() and arm(): that raised no signal.
-        self._accept_all(listener)
+        self._accept_all()
         while True:
-            info = signal.sigwaitinfo(_WAIT_SET)
+            gate.tick()
+            timeout = gate.timeout()
+            if timeout is None:
+                info = signal.sigwaitinfo(_WAIT_SET)
+            elif (info := signal.sigtimedwait(_WAIT_SET, timeout)) is None:
+                continue  # the pause's back-off is over: tick() resumes accepting
             if info.si_signo != SIG_READY or info.si_code not in _POLL_CODES or not self.si_fd_verified:
-                self._rescan(listener)
+                self._rescan()
                 continue
             fd = info.si_status  # si_fd, see probe_si_fd()
             if fd == lfd:
-                self._accept_all(listener)
+                self._accept_all()
                 continue
             conn = conns.get(fd)
             if conn is None:
@@ -162,17 +178,19 @@ class SigioServer(EchoServer):
             self._starved.discard(fd)
             del self._conns[fd]
             conn.close()
+            if self._gate is not None:
+                self._gate.freed()
 
-    def _accept_all(self, listener: socket.socket) -> None:
-        while batch := accept_ready(listener, ACCEPT_BATCH):
-            for sock in batch:
-                conn = Connection(sock)
-                self._conns[conn.fd] = conn
-                arm(conn.fd)
-                # Whatever arrived before O_ASYNC was set will never be signalled.
-                self._service(conn, readable=True, writable=False)
+    def _accept_all(self) -> None:
+        assert self._gate is not None
+        for sock in self._gate.accept_all(ACCEPT_BATCH):
+            conn = Connection(sock)
+            self._conns[conn.fd] = conn
+            arm(conn.fd)
+            # Whatever arrived before O_ASYNC was set will never be signalled.
+            self._service(conn, readable=True, writable=False)
 
-    def _rescan(self, listener: socket.socket) -> None:
+    def _rescan(self) -> None:
         """Events were lost (queue overflow) or cannot be attributed: look at every socket."""
         self.full_scans += 1
         if not self.si_fd_verified:
@@ -183,7 +201,7 @@ class SigioServer(EchoServer):
         for _ in range(MAX_STALE_FLUSH):
             if signal.sigtimedwait(_WAIT_SET, 0) is None:
                 break
-        self._accept_all(listener)
+        self._accept_all()
         for conn in list(self._conns.values()):
             self._service(conn, readable=True, writable=True)
 

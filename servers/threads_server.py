@@ -44,7 +44,8 @@ from servers.connection import HIGH_WATER
 RECV_SIZE = 65536
 THREAD_STACK = 256 * 1024
 SWITCH_INTERVAL = 30.0  # seconds; see the module docstring
-_SHUTDOWN_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+# Signals only the accepting (main) thread takes: shutdown, and the stats request.
+_MAIN_THREAD_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGUSR1}
 
 _EOF = b""  # queued by the reader after the client's FIN: flush everything, then close
 _DEAD = None  # queued on reset: stop at once
@@ -73,23 +74,24 @@ class _Connection:
 class ThreadsServer(EchoServer):
     name = "threads"
     category = "blocking"
+    reports_shedding = True
     mechanism = "a reader and a writer thread per connection; blocking accept, recv and sendall"
 
     def serve(self, listener: socket.socket) -> None:
         threading.stack_size(THREAD_STACK)
         sys.setswitchinterval(SWITCH_INTERVAL)
+        # Past the descriptor limit the gate sheds in this thread, blocked in accept() in the
+        # spare descriptor's place; the connections' threads go on serving meanwhile.
+        gate = self.accept_gate(listener)
         connections = 0
         while True:
-            try:
-                sock, _addr = listener.accept()
-            except (ConnectionAbortedError, ConnectionResetError):
-                continue  # the client gave up while queued; the next one is not affected
+            sock = gate.accept_blocking()
             connections += 1
             # A new thread inherits its creator's signal mask, so every reader (and the writer
-            # each reader starts) runs with SIGTERM and SIGINT blocked and the kernel can only
-            # deliver them to this thread, the one where Python runs signal handlers. Delivered
-            # to another thread they would leave this one blocked in accept() for ever.
-            mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SHUTDOWN_SIGNALS)
+            # each reader starts) runs with SIGTERM, SIGINT and SIGUSR1 blocked and the kernel
+            # can only deliver them to this thread, the one where Python runs signal handlers.
+            # Delivered to another thread they would leave this one blocked in accept() for ever.
+            mask = signal.pthread_sigmask(signal.SIG_BLOCK, _MAIN_THREAD_SIGNALS)
             try:
                 _thread.start_new_thread(self._read, (_Connection(sock),))
             except RuntimeError as exc:  # "can't start new thread": out of tasks or memory

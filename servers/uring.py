@@ -2,8 +2,8 @@
 
 Why not a package: the PyPI `liburing` wheel dies with SIGILL on these CPUs (it is built with
 AVX-512) and `pyuring` only does synchronous socket operations. This covers what a completion-
-based echo server needs: multishot accept, recv into kernel-provided buffers, send, close and
-cancel, batched submission, and reaping.
+based echo server needs: multishot accept, recv into kernel-provided buffers, send, close,
+cancel and a one-shot poll, batched submission, and reaping.
 
 Safety rules the binding enforces, so that callers cannot corrupt memory by accident:
 
@@ -44,6 +44,7 @@ SYS_IO_URING_ENTER = 426
 SYS_IO_URING_REGISTER = 427
 
 OP_NOP = 0
+OP_POLL_ADD = 6
 OP_ACCEPT = 13
 OP_ASYNC_CANCEL = 14
 OP_CLOSE = 19
@@ -309,6 +310,12 @@ class Ring:
         """One SQE, a completion per accepted connection (res = the new fd). A completion without
         IORING_CQE_F_MORE means the kernel stopped accepting: the caller must prepare it again."""
         self._prep(OP_ACCEPT, listen_fd, user_data, op_flags=flags, ioprio=ACCEPT_MULTISHOT)
+
+    def poll_add(self, fd: int, events: int, user_data: int) -> None:
+        """One completion when `fd` has any of `events` (POLLIN, ...): res = the events it has.
+        One-shot: the caller prepares it again for the next readiness."""
+        # poll32_events shares the op_flags word (the kernel reads it as native-endian u32).
+        self._prep(OP_POLL_ADD, fd, user_data, op_flags=events)
 
     def recv(self, fd: int, buf: Buffer, user_data: int, flags: int = 0) -> None:
         """Receive into `buf` (writable); it is kept alive and unresizable until completion."""

@@ -51,12 +51,14 @@ def scalable_model(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def start_server() -> Iterator[StartServer]:
-    """`start_server(model, args=())` -> a ready ServerProcess; every one started is stopped
-    at teardown, and a server that needed SIGKILL or left a child behind fails the test."""
+    """`start_server(model, args=(), nofile=None, prelude="")` -> a ready ServerProcess (with
+    RLIMIT_NOFILE lowered to `nofile` in the server only, and `prelude`, Python code, run in it
+    first); every one started is stopped at teardown, and a server that needed SIGKILL or left
+    a child behind fails the test."""
     started: list[ServerProcess] = []
 
-    def start(name: str, args: Sequence[str] = ()) -> ServerProcess:
-        server = ServerProcess.start(name, args)
+    def start(name: str, args: Sequence[str] = (), nofile: int | None = None, prelude: str = "") -> ServerProcess:
+        server = ServerProcess.start(name, args, nofile=nofile, prelude=prelude)
         started.append(server)
         return server
 

@@ -16,6 +16,7 @@ import contextlib
 import functools
 import json
 import os
+import resource
 import select
 import selectors
 import signal
@@ -76,12 +77,30 @@ class StopResult:
     leftovers: list[str] = field(default_factory=list)  # processes that outlived the server
 
 
+def nofile_limit(limit: int) -> Callable[[], None]:
+    """A preexec hook that lowers RLIMIT_NOFILE (soft and hard) to `limit` in the child only,
+    as `prlimit --nofile=LIMIT:LIMIT --` would; the test process keeps its own."""
+
+    def lower() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+    return lower
+
+
 class ServerProcess:
     """One `python -m servers MODEL` subprocess, owned and cleaned up by PID."""
 
-    def __init__(self, model: str, args: Sequence[str]) -> None:
+    def __init__(
+        self, model: str, args: Sequence[str], preexec_fn: Callable[[], None] | None = None, prelude: str = ""
+    ) -> None:
         self.model = model
-        self.argv = [sys.executable, "-m", "servers", model, "--host", HOST, "--port", "0", *args]
+        server_args = [model, "--host", HOST, "--port", "0", *args]
+        if prelude:
+            # The test's patch runs in the server's interpreter before `python -m servers` would.
+            main = f"import sys\nfrom servers.__main__ import main\nsys.exit(main({server_args!r}))"
+            self.argv = [sys.executable, "-c", f"{prelude}\n{main}"]
+        else:
+            self.argv = [sys.executable, "-m", "servers", *server_args]
         # A file, not a pipe, so a chatty server can never block on a full stderr pipe.
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the server
         self.proc = subprocess.Popen(
@@ -91,6 +110,7 @@ class ServerProcess:
             stderr=self._stderr,
             start_new_session=True,
             cwd=PROJECT_ROOT,
+            preexec_fn=preexec_fn,
         )
         self.pid = self.proc.pid
         # A pidfd becomes readable when the process exits, so waits need no polling loop.
@@ -110,10 +130,14 @@ class ServerProcess:
         args: Sequence[str] = (),
         timeout: float = READY_TIMEOUT,
         die_with_parent: bool = True,
+        nofile: int | None = None,
+        prelude: str = "",
     ) -> ServerProcess:
-        """Start the server and wait for its ready line; on failure nothing is left running."""
+        """Start the server (with RLIMIT_NOFILE lowered to `nofile` in it, and the Python code
+        `prelude` run in it first, if given) and wait for its ready line; on failure nothing is
+        left running."""
         extra = [*args, "--die-with-parent"] if die_with_parent else list(args)
-        server = cls(model, extra)
+        server = cls(model, extra, None if nofile is None else nofile_limit(nofile), prelude)
         try:
             event = server.read_event(timeout)
             if event is None or event.get("event") != "ready":
@@ -153,6 +177,20 @@ class ServerProcess:
             return json.loads(line)
         except ValueError as exc:
             raise AssertionError(f"{self.model}: stdout line is not JSON: {line[:300]!r}") from exc
+
+    def _read_rest(self) -> None:
+        """Keep what the server wrote on stdout before it exited (its last lines), without
+        waiting: every process of it is gone by now."""
+        with contextlib.suppress(BlockingIOError):
+            while chunk := os.read(self._stdout_fd, 65536):
+                self._buffer += chunk
+
+    def events_after_stop(self) -> list[dict]:
+        """The JSON lines on stdout not yet read by read_event, once stop() has returned."""
+        if self.stopped is None:
+            raise RuntimeError("events_after_stop() needs stop() first")
+        lines, self._buffer = self._buffer.splitlines(), b""
+        return [json.loads(line) for line in lines if line.strip()]
 
     def stderr_text(self) -> str:
         self._stderr.seek(0)
@@ -226,6 +264,7 @@ class ServerProcess:
         leftovers = _wait_gone(list(watched.values()), child_grace)
         returncode = self.proc.wait()
         os.close(self._pidfd)
+        self._read_rest()
         self.proc.stdout.close()  # type: ignore[union-attr]
         self.stopped = StopResult(returncode, seconds, killed, leftovers)
         if check:
@@ -454,6 +493,54 @@ def server_unread(sock: socket.socket) -> int | None:
             if fields[1] == local and fields[2] == remote:
                 return int(fields[4].split(":")[1], 16)
     return None
+
+
+def server_close_waits(port: int) -> int:
+    """Server ends of connections on `port` the client closed and the server has not yet
+    (TCP state CLOSE_WAIT in /proc/net/tcp): descriptors the server has still to free."""
+    local = f"0100007F:{port:04X}"
+    with open("/proc/net/tcp") as table:
+        next(table)
+        return sum(1 for line in table if (fields := line.split())[1] == local and fields[3] == "08")
+
+
+def wait_server_closed(port: int, timeout: float = 5.0) -> bool:
+    """Wait until the server has closed every connection its clients closed (no CLOSE_WAIT on
+    `port`); False at timeout. No event reports another process's close, so this polls."""
+    deadline = time.monotonic() + timeout
+    while server_close_waits(port):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)  # polling interval of a condition we check, not a synchronising sleep
+    return True
+
+
+def closed_by_server(sock: socket.socket) -> bool:
+    """Whether the server closed (FIN) or reset this connection, without waiting or reading."""
+    timeout = sock.gettimeout()
+    # Non-blocking for the peek: with a timeout set, Python's recv() would wait for data first.
+    sock.setblocking(False)
+    try:
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except BlockingIOError:
+        return False
+    except ConnectionResetError:
+        return True
+    finally:
+        sock.settimeout(timeout)
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) used so far by process `pid`, its live descendants and the
+    children it has reaped (psutil, from /proc: 10 ms ticks)."""
+    root = psutil.Process(pid)
+    times = root.cpu_times()
+    total = times.user + times.system + times.children_user + times.children_system
+    for child in root.children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            times = child.cpu_times()
+            total += times.user + times.system
+    return total
 
 
 def wait_server_read_all(sock: socket.socket, timeout: float = 5.0, stall: float = 0.3) -> bool:

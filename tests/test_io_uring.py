@@ -528,6 +528,9 @@ class FakeRing:
     def accept_multishot(self, fd: int, user_data: int) -> None:
         self._queue("accept", fd, user_data)
 
+    def poll_add(self, fd: int, events: int, user_data: int) -> None:
+        self._queue("poll", fd, user_data)
+
     def recv_provided(self, fd: int, group: object, user_data: int) -> None:
         self._queue("recv", fd, user_data)
 
@@ -564,13 +567,53 @@ class FakeBuffers:
         return bytearray(self.filled.pop(flags >> uring.CQE_BUFFER_SHIFT)[: max(res, 0)])
 
 
+class _FakeSocket:
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def detach(self) -> int:
+        return self.fd
+
+
+class FakeGate:
+    """Stands in for servers.shedding.AcceptGate (tested on its own in test_conformance.py):
+    what the server's next shed finds queued, and whether accepting then pauses."""
+
+    def __init__(self) -> None:
+        self.keep: list[int] = []  # fds the next accept_all() finds room for
+        self.pause_next = False
+        self.paused = False
+        self.sheds = 0
+        self._freed = False
+        self.on_resume = lambda: None
+
+    def accept_all(self) -> Iterator[_FakeSocket]:
+        self.sheds += 1
+        self.paused, self.pause_next, self._freed = self.pause_next, False, False
+        keep, self.keep = self.keep, []
+        return iter([_FakeSocket(fd) for fd in keep])
+
+    def served(self) -> None:
+        return None
+
+    def freed(self) -> None:
+        self._freed = True
+
+    def tick(self) -> None:
+        if self.paused and self._freed:
+            self.paused = False
+            self.on_resume()
+
+
 class Harness:
     def __init__(self) -> None:
         self.ring = FakeRing()
         self.buffers = FakeBuffers()
+        self.gate = FakeGate()
         self.server = IoUringServer(ServerOptions())
-        self.server._attach(self.ring, self.buffers, LFD)  # type: ignore[arg-type]
-        self.server._ring.accept_multishot(LFD, 0)
+        self.server._attach(self.ring, self.buffers, LFD, self.gate)  # type: ignore[arg-type]
+        self.gate.on_resume = self.server._arm_accept
+        self.server._arm_accept()
 
     def cqe(self, name: str, fd: int, res: int, flags: int = 0) -> tuple[int, int, int]:
         user_data = next(ud for ud, (n, f) in self.ring.inflight.items() if (n, f) == (name, fd))
@@ -658,10 +701,36 @@ def test_accept_rearmed_when_the_kernel_ends_it(h: Harness) -> None:
     assert h.complete("accept", LFD, -errno.ECONNABORTED) == [("accept", LFD, b"")]
 
 
-def test_accept_paused_without_descriptors_until_a_close(h: Harness) -> None:
+def test_out_of_descriptors_sheds_then_polls_until_a_close_completes(h: Harness) -> None:
+    """At EMFILE arming the accept again would fail at once: the gate sheds what is queued,
+    a one-shot poll waits for the next arrival (shed the same way), and the accept is armed
+    again once a CLOSE has completed, not when it is queued (it may run after the accept)."""
     h.accept(10)
-    assert h.complete("accept", LFD, -errno.EMFILE) == []
-    assert h.complete("recv", 10, 0) == [("close", 10, b""), ("accept", LFD, b"")]
+    assert h.complete("accept", LFD, -errno.EMFILE) == [("poll", LFD, b"")]
+    assert h.gate.sheds == 1
+    assert h.complete("poll", LFD, select.POLLIN) == [("poll", LFD, b"")]
+    assert h.gate.sheds == 2
+    assert h.complete("recv", 10, 0) == [("close", 10, b"")]
+    assert h.complete("close", 10, 0) == [("accept", LFD, b"")]
+    # The poll still in flight finds the accept armed, and leaves it to it.
+    assert h.complete("poll", LFD, select.POLLIN) == []
+    assert h.gate.sheds == 2
+
+
+def test_a_connection_the_gate_keeps_is_served_and_the_accept_armed(h: Harness) -> None:
+    h.ring.take()
+    h.gate.keep = [12]
+    assert h.complete("accept", LFD, -errno.EMFILE) == [("recv", 12, b""), ("accept", LFD, b"")]
+
+
+def test_a_paused_gate_arms_nothing_until_a_close_completes(h: Harness) -> None:
+    """ENOMEM even with the spare descriptor free: nothing waits on the listener (it would
+    fail again at once) until a descriptor and its memory come back."""
+    h.accept(10)
+    h.gate.pause_next = True
+    assert h.complete("accept", LFD, -errno.ENOMEM) == []
+    assert h.complete("recv", 10, 0) == [("close", 10, b"")]
+    assert h.complete("close", 10, 0) == [("accept", LFD, b"")]
 
 
 def test_a_bug_class_error_is_fatal(h: Harness) -> None:

@@ -9,6 +9,16 @@
  * {"event":"ready","model":"native","pid":..,"host":..,"port":..}, and flushes it.
  * SIGTERM/SIGINT arrive through a signalfd in the same epoll set, so the server exits at
  * once however busy it is. Built by servers/native_server.py with `cc -O2`.
+ *
+ * Out of descriptors or memory at accept (EMFILE, ENFILE, ENOBUFS, ENOMEM: man 2 accept) it
+ * sheds, as libuv's uv__emfile_trick (src/unix/stream.c) does: a spare descriptor is closed,
+ * every queued connection is accepted in its place and closed, and the spare is opened again.
+ * Where that cannot work (no spare to be had, or accept fails even with it free) it stops
+ * watching the listener, as nginx's ngx_event_accept disables its accept events, until a
+ * connection closes or a back-off (5 ms doubling to 1 s) passes. Each shedding episode ends
+ * with a JSON line, and SIGUSR1 or a clean exit prints the totals, as servers/shedding.py:
+ * {"event": "shed", "count": N, "errno": "EMFILE", "seconds": S} and
+ * {"event": "stats", "shed": TOTAL, "episodes": E}.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -25,6 +35,7 @@
 #include <sys/epoll.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #define RECV_SIZE 65536
@@ -32,6 +43,11 @@
 #define HIGH_WATER (16u * 1024 * 1024)
 #define MAX_EVENTS 4096
 #define ACCEPT_BATCH 256
+/* Connections shed per listener wake-up at the most: the listener stays readable (level-
+ * triggered), so the rest is shed at the next wait, after the connections held are served. */
+#define SHED_BATCH 4096
+#define BACKOFF_MIN_S 0.005
+#define BACKOFF_MAX_S 1.0
 
 struct conn {
     char *buf; /* pending output is buf[off..len) */
@@ -44,8 +60,17 @@ struct conn {
 static struct conn *conns; /* indexed by descriptor */
 static size_t nconns;
 static int ep = -1;
+static int lfd = -1;
 static int spare_fd = -1;
 static char rbuf[RECV_SIZE];
+
+/* Shedding, as servers/shedding.py counts it. */
+static unsigned long long shed_total, shed_episodes, episode_count;
+static const char *episode_cause; /* the open episode's errno name; NULL when none is open */
+static double episode_started;
+/* Accepting paused: the listener is out of the epoll set until resume_at or a close. */
+static int accept_paused, conn_freed;
+static double resume_at, backoff = BACKOFF_MIN_S;
 
 static void die(const char *what, const char *why)
 {
@@ -54,6 +79,100 @@ static void die(const char *what, const char *why)
     fflush(stdout);
     exit(3);
 }
+
+static double now_s(void)
+{
+    struct timespec ts;
+    if (clock_gettime(CLOCK_MONOTONIC, &ts) < 0)
+        die("clock_gettime", strerror(errno));
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* The JSON lines of the shedding protocol. A write that fails (the harness closed our stdout)
+ * changes nothing the server does: the lines are for the harness, and it is gone. */
+static void say(const char *line)
+{
+    if (fputs(line, stdout) == EOF || fflush(stdout) == EOF)
+        clearerr(stdout);
+}
+
+static const char *errno_name(int code)
+{
+    switch (code) {
+    case EMFILE:
+        return "EMFILE";
+    case ENFILE:
+        return "ENFILE";
+    case ENOBUFS:
+        return "ENOBUFS";
+    case ENOMEM:
+        return "ENOMEM";
+    case ENOSPC:
+        return "ENOSPC";
+    default:
+        return "EOTHER";
+    }
+}
+
+static int is_resource_errno(int code)
+{
+    return code == EMFILE || code == ENFILE || code == ENOBUFS || code == ENOMEM;
+}
+
+/* accept(2)'s errors that concern only the connection it was taking (man 2 accept: Linux
+ * passes pending network errors on, "treat them like EAGAIN by retrying"). */
+static int is_connection_errno(int code)
+{
+    return code == EINTR || code == ECONNABORTED || code == EPROTO || code == ENETDOWN || code == ENOPROTOOPT ||
+           code == EHOSTDOWN || code == ENONET || code == EHOSTUNREACH || code == EOPNOTSUPP || code == ENETUNREACH ||
+           code == EPERM;
+}
+
+static void episode_begin(const char *cause)
+{
+    if (episode_cause)
+        return;
+    episode_cause = cause;
+    episode_count = 0;
+    episode_started = now_s();
+    shed_episodes++;
+}
+
+static void note_shed(const char *cause)
+{
+    episode_begin(cause);
+    episode_count++;
+    shed_total++;
+}
+
+static void episode_end(void)
+{
+    if (!episode_cause)
+        return;
+    char line[256];
+    snprintf(line, sizeof line, "{\"event\": \"shed\", \"count\": %llu, \"errno\": \"%s\", \"seconds\": %.3f}\n",
+             episode_count, episode_cause, now_s() - episode_started);
+    say(line);
+    episode_cause = NULL;
+    backoff = BACKOFF_MIN_S;
+}
+
+static void print_stats(void)
+{
+    char line[128];
+    snprintf(line, sizeof line, "{\"event\": \"stats\", \"shed\": %llu, \"episodes\": %llu}\n", shed_total,
+             shed_episodes);
+    say(line);
+}
+
+/* close() that only a bug can make fail: EINTR still closes the descriptor on Linux. */
+static void close_checked(int fd)
+{
+    if (close(fd) < 0 && errno != EINTR)
+        die("close", strerror(errno));
+}
+
+static int open_spare(void) { return open("/dev/null", O_RDONLY | O_CLOEXEC); }
 
 static int ensure_slot(int fd)
 {
@@ -74,9 +193,10 @@ static int ensure_slot(int fd)
 static void close_conn(int fd)
 {
     struct conn *c = &conns[fd];
-    close(fd); /* also drops it from the epoll set: nobody else holds this file */
+    close_checked(fd); /* also drops it from the epoll set: nobody else holds this file */
     free(c->buf);
     memset(c, 0, sizeof *c);
+    conn_freed = 1;
 }
 
 static size_t pending(const struct conn *c) { return c->len - c->off; }
@@ -177,33 +297,130 @@ static void on_connection(int fd, uint32_t ev)
     }
 }
 
-static void on_listener(int lfd)
+static void pause_accept(int code)
+{
+    /* Level-triggered: a readable listener left in the set would wake every epoll_wait. */
+    if (epoll_ctl(ep, EPOLL_CTL_DEL, lfd, NULL) < 0)
+        die("epoll_ctl(DEL listener)", strerror(errno));
+    episode_begin(errno_name(code));
+    accept_paused = 1;
+    conn_freed = 0;
+    resume_at = now_s() + backoff;
+    backoff = backoff * 2 < BACKOFF_MAX_S ? backoff * 2 : BACKOFF_MAX_S;
+}
+
+static void resume_accept(void)
+{
+    struct epoll_event e = {.events = EPOLLIN, .data.fd = lfd};
+    if (epoll_ctl(ep, EPOLL_CTL_ADD, lfd, &e) < 0)
+        die("epoll_ctl(ADD listener)", strerror(errno));
+    accept_paused = 0;
+}
+
+/* accept() failed with `code` (out of descriptors or memory): shed what is queued in the
+ * spare descriptor's place, or pause accepting when that cannot work. */
+static void shed_queue(int code)
+{
+    if (spare_fd < 0 && (spare_fd = open_spare()) < 0) {
+        pause_accept(code);
+        return;
+    }
+    close_checked(spare_fd);
+    spare_fd = -1;
+    int stop = EAGAIN;
+    for (int i = 0; i < SHED_BATCH; i++) {
+        int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+        if (fd >= 0) {
+            close_checked(fd);
+            note_shed(errno_name(code));
+            continue;
+        }
+        if (is_connection_errno(errno))
+            continue;
+        stop = errno;
+        break;
+    }
+    /* -1 (another process took the slot: ENFILE) is retried at the next shed. */
+    spare_fd = open_spare();
+    if (stop == EAGAIN || stop == EWOULDBLOCK)
+        return;
+    if (is_resource_errno(stop))
+        pause_accept(stop); /* even the spare's slot does not help: ENOMEM, say */
+    else
+        die("accept4", strerror(stop));
+}
+
+/* A connection accepted but not held (no memory for its slot, no room in the epoll set):
+ * closed, and counted as shed. */
+static void drop_new(int fd, int code)
+{
+    close_checked(fd);
+    note_shed(errno_name(code));
+}
+
+static void on_listener(void)
 {
     for (int i = 0; i < ACCEPT_BATCH; i++) {
         int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
-            if (errno == EINTR || errno == ECONNABORTED || errno == EPROTO)
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                return;
+            if (is_connection_errno(errno))
                 continue;
-            if ((errno == EMFILE || errno == ENFILE) && spare_fd >= 0) {
-                /* Out of descriptors: the listener would stay readable and spin the loop.
-                 * Free the spare, take the connection, refuse it, re-arm the spare. */
-                close(spare_fd);
-                fd = accept(lfd, NULL, NULL);
-                if (fd >= 0)
-                    close(fd);
-                spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+            if (is_resource_errno(errno)) {
+                shed_queue(errno);
+                return;
             }
-            return;
+            die("accept4", strerror(errno));
         }
         int one = 1;
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) < 0) {
+            close_checked(fd); /* the connection is already gone (reset); nothing to count */
+            continue;
+        }
+        if (ensure_slot(fd) < 0) {
+            drop_new(fd, ENOMEM);
+            continue;
+        }
         struct epoll_event e = {.events = EPOLLIN, .data.fd = fd};
-        if (ensure_slot(fd) < 0 || epoll_ctl(ep, EPOLL_CTL_ADD, fd, &e) < 0) {
-            close(fd);
+        if (epoll_ctl(ep, EPOLL_CTL_ADD, fd, &e) < 0) {
+            drop_new(fd, errno); /* ENOMEM, or ENOSPC past max_user_watches */
             continue;
         }
         conns[fd].open = 1;
         conns[fd].mask = EPOLLIN;
+        episode_end(); /* a connection served: an open shedding episode is over */
+    }
+}
+
+/* Milliseconds epoll_wait may block: until a pause's back-off ends, else for ever. */
+static int wait_ms(void)
+{
+    if (!accept_paused)
+        return -1;
+    double left = resume_at - now_s();
+    return left <= 0 ? 0 : (int)(left * 1000) + 1;
+}
+
+/* Drain the signalfd: 1 when SIGTERM/SIGINT asks us to exit; SIGUSR1 prints the totals. */
+static int on_signals(int sfd)
+{
+    struct signalfd_siginfo si;
+    for (;;) {
+        ssize_t n = read(sfd, &si, sizeof si);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                return 0;
+            die("read(signalfd)", strerror(errno));
+        }
+        if ((size_t)n != sizeof si)
+            die("read(signalfd)", "short read");
+        if (si.ssi_signo == SIGUSR1)
+            print_stats();
+        else
+            return 1;
     }
 }
 
@@ -218,16 +435,17 @@ int main(int argc, char **argv)
 
     /* An ignored signal survives exec and never reaches a signalfd: restore the defaults,
      * then block both so that they are only ever read from the signalfd. */
-    sigset_t stop;
-    sigemptyset(&stop);
-    sigaddset(&stop, SIGTERM);
-    sigaddset(&stop, SIGINT);
-    signal(SIGTERM, SIG_DFL);
-    signal(SIGINT, SIG_DFL);
-    signal(SIGPIPE, SIG_IGN);
-    if (sigprocmask(SIG_BLOCK, &stop, NULL) < 0)
+    sigset_t taken; /* SIGTERM, SIGINT: exit; SIGUSR1: print the shedding totals */
+    sigemptyset(&taken);
+    sigaddset(&taken, SIGTERM);
+    sigaddset(&taken, SIGINT);
+    sigaddset(&taken, SIGUSR1);
+    if (signal(SIGTERM, SIG_DFL) == SIG_ERR || signal(SIGINT, SIG_DFL) == SIG_ERR ||
+        signal(SIGUSR1, SIG_DFL) == SIG_ERR || signal(SIGPIPE, SIG_IGN) == SIG_ERR)
+        die("signal", strerror(errno));
+    if (sigprocmask(SIG_BLOCK, &taken, NULL) < 0)
         die("sigprocmask", strerror(errno));
-    int sfd = signalfd(-1, &stop, SFD_NONBLOCK | SFD_CLOEXEC);
+    int sfd = signalfd(-1, &taken, SFD_NONBLOCK | SFD_CLOEXEC);
     if (sfd < 0)
         die("signalfd", strerror(errno));
 
@@ -236,11 +454,12 @@ int main(int argc, char **argv)
     int rc = getaddrinfo(host, port, &hints, &res);
     if (rc != 0)
         die("getaddrinfo", gai_strerror(rc));
-    int lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (lfd < 0)
         die("socket", strerror(errno));
     int one = 1;
-    setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0)
+        die("setsockopt(SO_REUSEADDR)", strerror(errno));
     if (bind(lfd, res->ai_addr, res->ai_addrlen) < 0)
         die("bind", strerror(errno));
     freeaddrinfo(res);
@@ -251,10 +470,12 @@ int main(int argc, char **argv)
     if (ep < 0)
         die("epoll_create1", strerror(errno));
     struct epoll_event e = {.events = EPOLLIN, .data.fd = lfd};
-    epoll_ctl(ep, EPOLL_CTL_ADD, lfd, &e);
+    if (epoll_ctl(ep, EPOLL_CTL_ADD, lfd, &e) < 0)
+        die("epoll_ctl(ADD listener)", strerror(errno));
     e.data.fd = sfd;
-    epoll_ctl(ep, EPOLL_CTL_ADD, sfd, &e);
-    spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (epoll_ctl(ep, EPOLL_CTL_ADD, sfd, &e) < 0)
+        die("epoll_ctl(ADD signalfd)", strerror(errno));
+    spare_fd = open_spare(); /* -1 (no descriptor left already) is tried again at the first shed */
 
     struct sockaddr_in addr;
     socklen_t alen = sizeof addr;
@@ -264,11 +485,12 @@ int main(int argc, char **argv)
         die("getsockname", strerror(errno));
     printf("{\"event\": \"ready\", \"model\": \"native\", \"pid\": %d, \"host\": \"%s\", \"port\": %d}\n",
            (int)getpid(), ip, ntohs(addr.sin_port));
-    fflush(stdout);
+    if (fflush(stdout) == EOF)
+        return 3; /* nobody reads the ready line: there is no harness to serve */
 
     static struct epoll_event events[MAX_EVENTS];
     for (;;) {
-        int n = epoll_wait(ep, events, MAX_EVENTS, -1);
+        int n = epoll_wait(ep, events, MAX_EVENTS, wait_ms());
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -276,18 +498,26 @@ int main(int argc, char **argv)
         }
         for (int i = 0; i < n; i++) {
             int fd = events[i].data.fd;
-            if (fd == sfd)
-                goto out;
-            if (fd == lfd)
-                on_listener(lfd);
-            else if ((size_t)fd < nconns && conns[fd].open)
+            if (fd == sfd) {
+                if (on_signals(sfd))
+                    goto out;
+            } else if (fd == lfd) {
+                if (!accept_paused) /* paused earlier in this batch */
+                    on_listener();
+            } else if ((size_t)fd < nconns && conns[fd].open)
                 on_connection(fd, events[i].events);
         }
+        /* A pause ends once a connection closed (a descriptor and its memory are free) or
+         * its back-off passed; if accept still fails, the next pause is twice as long. */
+        if (accept_paused && (conn_freed || now_s() >= resume_at))
+            resume_accept();
     }
 out:
     for (size_t fd = 0; fd < nconns; fd++)
         if (conns[fd].open)
             close_conn((int)fd);
-    close(lfd);
+    close_checked(lfd);
+    episode_end();
+    print_stats(); /* the last line on stdout */
     return 0;
 }
