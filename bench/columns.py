@@ -132,6 +132,9 @@ POINT_COLUMNS = [
     "rps_ratio_ci_high",
     # Issue 12: the server and its load worker both saturated: the pair set the rate.
     "pair_limited",
+    # Issue 13: connections the server shed at its descriptor limit, by its own count (its
+    # stats and shed lines on stdout, bench.shed); empty when it said nothing (--target).
+    "shed",
 ]
 
 STATUS_OK = "ok"

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from bench.columns import STATUS_OK
 from bench.errors import UsageError
 from bench.host import flatten_host, show_value
-from bench.results_store import POINTS_FILE, RUN_FILE
+from bench.results_store import POINTS_FILE, RUN_FILE, STATUS_ABANDONED, effective_status
 from bench.wording import and_list
 
 # numpy, pandas (and bench.statistics, which needs pandas) are imported inside the functions that
@@ -648,7 +648,7 @@ def _run_facts(run: Run) -> dict[str, Any]:
         "path": str(run.path),
         "command": run.meta.get("command", NOT_RECORDED),
         "started": run.meta.get("started", NOT_RECORDED),
-        "status": run.meta.get("status", NOT_RECORDED),
+        "status": effective_status(run.meta, run.path) or NOT_RECORDED,
         "rows": len(df),
         "counts": ", ".join(f"{n} {s or '(no status)'}" for s, n in counts.items()),
         "disturbed": disturbed,
@@ -713,6 +713,8 @@ def print_terminal(comp: Comparison, console: Any = None) -> None:
     for run in comp.runs:
         say(f"{run.label} = run {run.run_id}  ({run.path})", "bold" if run is comp.runs[0] else None)
     for facts in map(_run_facts, comp.runs):
+        if facts["status"] == STATUS_ABANDONED:
+            say(f"{facts['label']}: abandoned (killed before it finished); its {facts['rows']} rows are compared.")
         if facts["disturbed"]:
             say(
                 f"{facts['label']}: {facts['disturbed']} of {facts['rows']} measurements were flagged as disturbed "

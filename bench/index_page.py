@@ -7,7 +7,7 @@ from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from bench.results_store import POINTS_FILE, REPORT_FILE, RUN_FILE, write_text_atomic
+from bench.results_store import POINTS_FILE, REPORT_FILE, RUN_FILE, effective_status, write_text_atomic
 
 INDEX_FILE = "index.html"
 
@@ -31,7 +31,8 @@ def _summary(run_path: Path) -> dict | None:
         "dir": run_path.name,
         "kind": meta.get("kind", "run"),
         "started": meta.get("started", ""),
-        "status": meta.get("status", "?"),
+        # A run killed outright still says `running`: shown `abandoned` once its writer is gone.
+        "status": effective_status(meta, run_path) or "?",
         "host": host.get("hostname", ""),
         "kernel": host.get("kernel", ""),
         "cpu": host.get("cpu_model", ""),

@@ -83,6 +83,9 @@ class LoadResult:
     # over the workers, with the scheduled window (loadgen.timeline.merge's format); None when
     # the engine keeps none (Locust).
     timeline: dict[str, Any] | None = None
+    # Connections the server closed or reset before their first echo, summed over the workers
+    # (a subset of the reset and short_read errors; bench.shed); None when not reported.
+    closed_before_echo: int | None = None
 
     @property
     def duration_s(self) -> float:
@@ -239,6 +242,9 @@ class LoadWorkers:
             if all(m.get("max_rss_bytes", -1) >= 0 for m in messages)
             else None,
             timeline=self._timeline(messages),
+            closed_before_echo=sum(m["closed_before_echo"] for m in messages)
+            if all(isinstance(m.get("closed_before_echo"), int) for m in messages)
+            else None,
         )
 
     def _timeline(self, messages: list[dict[str, Any]]) -> dict[str, Any] | None:

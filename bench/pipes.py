@@ -16,6 +16,8 @@ class MessageReader:
 
     def __init__(self, stream: IO[str], name: str) -> None:
         self.messages: queue.Queue[dict[str, Any]] = queue.Queue()
+        # The stream it reads: whoever closes it must not while the thread is blocked reading it.
+        self.stream = stream
         self.tail: deque[str] = deque(maxlen=20)
         self.closed = threading.Event()
         self._thread = threading.Thread(target=self._pump, args=(stream,), name=name, daemon=True)

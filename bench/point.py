@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from bench import stability, tcp_counters
+from bench import shed, stability, tcp_counters
 from bench.accept_queue import wait_accepted
 from bench.child import format_cpus
 from bench.columns import STATUS_FAILED, STATUS_OK, STATUS_SKIPPED
@@ -160,6 +160,8 @@ def _measure(
         server = ServerUnderTest(spec.model, pinning.server, extra=extra)
     load: LoadEngine | None = None
     tcp_before: tcp_counters.Counters | None = None
+    # --target: connections the load workers saw closed before their first echo (bench.shed).
+    closed_before_echo: int | None = None
     try:
         server.start(timing.ready_timeout_s)
         # Memory before any connection, so that memory per connection is a difference.
@@ -199,6 +201,7 @@ def _measure(
         window = load.schedule(timing.warmup_s, timing.duration_s)
         usage, host = _watch_window(server, window)
         result = load.collect(timeout=max(window[1] - time.monotonic(), 0) + 15)
+        closed_before_echo = result.closed_before_echo
         tcp_counters.fill_row(row, tcp_before)
         _fill_client_memory(row, spec, result.rss_bytes)
         histograms["latency"] = encode(merge(result.histograms))
@@ -266,6 +269,8 @@ def _measure(
             # Even when a second Ctrl-C lands while the load workers are being stopped.
             server.stop()
             row["server_exit_s"] = server.exit_s
+            # After stop(): the stats line of the server's exit comes after SIGTERM.
+            shed.fill_row(row, server.shed, closed_before_echo)
     return row, histograms
 
 

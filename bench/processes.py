@@ -7,8 +7,16 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 
 import psutil
+
+from bench.pipes import MessageReader, deadline_in, remaining
+
+# Seconds to wait, once a child's tree is gone, for its readers to reach the end of its output:
+# a server's exit statistics come after SIGTERM, and a pipe that a process outside the tree still
+# holds must not stop the harness for longer.
+READ_TO_END_S = 1.0
 
 
 def spawn_python(module: str, args: list[str]) -> subprocess.Popen:
@@ -46,9 +54,13 @@ def process_tree(pid: int) -> list[psutil.Process]:
         return []
 
 
-def terminate_tree(popen: subprocess.Popen, grace_s: float = 2.0) -> float | None:
+def terminate_tree(
+    popen: subprocess.Popen, grace_s: float = 2.0, readers: Sequence[MessageReader] = ()
+) -> float | None:
     """SIGTERM the process (it must release its own children), then SIGKILL whatever of its
-    tree is still there after `grace_s`. Returns how long it took to exit, or None if killed."""
+    tree is still there after `grace_s`; then give the `readers` of its pipes READ_TO_END_S in
+    all to read what it printed to the end. Returns how long it took to exit, or None if
+    killed."""
     tree = process_tree(popen.pid)
     started = time.monotonic()
     exited_after: float | None = None
@@ -69,7 +81,13 @@ def terminate_tree(popen: subprocess.Popen, grace_s: float = 2.0) -> float | Non
     if popen.poll() is None:
         popen.kill()
         popen.wait()
-    _close_pipes(popen)
+    deadline = deadline_in(READ_TO_END_S)
+    for reader in readers:
+        reader.wait_closed(remaining(deadline))
+    # A pipe whose reader did not reach its end is held by a process outside the tree: it is
+    # left to that reader, because closing a stream that another thread is blocked reading
+    # waits for that read (the buffer's lock), which ends only when the holder lets go.
+    _close_pipes(popen, keep=[reader.stream for reader in readers if not reader.closed.is_set()])
     return exited_after
 
 
@@ -82,9 +100,9 @@ def _kill_if_alive(proc: psutil.Process) -> None:
         pass
 
 
-def _close_pipes(popen: subprocess.Popen) -> None:
+def _close_pipes(popen: subprocess.Popen, keep: Sequence[object] = ()) -> None:
     for stream in (popen.stdin, popen.stdout, popen.stderr):
-        if stream is not None:
+        if stream is not None and not any(stream is kept for kept in keep):
             try:
                 stream.close()
             except OSError:

@@ -23,7 +23,8 @@ from bench.report_plots import LOG_ZERO, panel_plot, panels_of
 from bench.report_rates import rate_findings, rate_plots
 from bench.report_summary import summary_table
 from bench.report_timeline import closed_ok, cost_plot, headline_level, sparkline, timeline_plot, timeline_rows
-from bench.results_store import RunDirectory, write_text_atomic
+from bench.results_store import STATUS_ABANDONED, RunDirectory, effective_status, write_text_atomic
+from bench.shed import shed_findings
 from bench.statistics import MIN_FOR_INTERVAL, final_attempts, flag_hits, truthy
 from bench.tcp_counters import tcp_findings
 from bench.wording import figure
@@ -47,7 +48,8 @@ TABLE_COLUMNS = [
     "p50_us", "p99_us", "p999_us", "cpu_us_per_req", "server_cpus_us_per_req", "server_cpus_softirq_share",
     "mem_per_conn_bytes", "client_mem_per_conn_bytes", "kernel_mem_per_conn_bytes", "ctx_per_req", "softirq_pct",
     "server_cpu_pct", "client_cpu_pct", "client_bound", "pair_limited", "unsteady", "host_shifted", "probe_cross_us",
-    "disturbed", "errors", "backlog", "tcp_listen_overflows", "tcp_syn_retrans", "tcp_retrans_segs", "tcp_estab_resets",
+    "disturbed", "errors", "shed", "backlog", "tcp_listen_overflows", "tcp_syn_retrans", "tcp_retrans_segs",
+    "tcp_estab_resets",
 ]  # fmt: skip
 TEXT_COLUMNS = {
     "model", "workload", "status", "reason", "disturbed", "client_bound", "pair_limited", "unsteady", "host_shifted",
@@ -89,6 +91,7 @@ def findings(
         first = rows.sort_values("connections").iloc[0]
         out.append(f"{model} failed at {int(first['connections']):,} connections: {first['reason']}.")
     out.extend(tcp_findings(df, meta))
+    out.extend(shed_findings(df))
     out.extend(rate_findings(df))
     skipped = df[df["status"] == "skipped"]
     if not skipped.empty:
@@ -360,6 +363,9 @@ def render_report(run_path: Path) -> Path:
     profile = _syscall_profile(profile_rows)
     html = env.get_template("report.html.j2").render(
         meta=meta,
+        # A run killed outright still says `running` in run.json: `abandoned` once its writer is gone.
+        run_status=effective_status(meta, run_dir.path) or "?",
+        abandoned=STATUS_ABANDONED,
         summary=summary_table(df) if not df.empty else None,
         findings=findings(df, meta, timelines, (profile_rows, profile_origin)),
         plots=_plots(current, timelines) if not df.empty else [],

@@ -1,7 +1,9 @@
 """A run directory: run.json, points.csv (appended point by point), histograms.jsonl.
 
 Points are appended and flushed as they are measured, so an interrupted run keeps all it
-measured; run.json is replaced atomically, never left half-written.
+measured; run.json is replaced atomically, never left half-written. A run killed outright
+(SIGKILL) cannot write its end: its run.json says `running` for ever, so it records who writes
+it, and `effective_status` calls such a run `abandoned` once that process is gone.
 """
 
 from __future__ import annotations
@@ -27,6 +29,17 @@ POINTS_FILE = "points.csv"
 HISTOGRAMS_FILE = "histograms.jsonl"
 REPORT_FILE = "report.html"
 
+STATUS_RUNNING = "running"
+STATUS_ABANDONED = "abandoned"
+# psutil's create_time is the boot time (whole seconds, from /proc/stat, which moves by one when
+# the clock is stepped) plus the process's start in clock ticks: the same process may read up
+# to a second apart on two calls, while a PID reused by another process started later still.
+START_TIME_TOLERANCE_S = 1.0
+# A run whose writer cannot be checked from here (run.json from before the writer was recorded,
+# or written on another host) is abandoned once none of its files changed for this long: a live
+# run appends a row per point, and no point takes a day.
+UNCHECKED_STALE_S = 24 * 3600.0
+
 
 def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
@@ -37,14 +50,79 @@ def now_iso() -> str:
 
 
 def new_run_meta(run_id: str) -> dict[str, Any]:
-    """The fields every run.json starts with: identity, times, status, the exact command."""
+    """The fields every run.json starts with: identity, times, status, the exact command, and
+    the process that writes it (`writer`, for effective_status)."""
     return {
         "run_id": run_id,
         "started": now_iso(),
         "finished": None,
-        "status": "running",
+        "status": STATUS_RUNNING,
         "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "writer": writer_fields(),
     }
+
+
+def writer_fields() -> dict[str, Any]:
+    """This process as the writer of a run.json: its PID, its start time (psutil's
+    create_time, seconds since the epoch: a PID reused later by another process has a later
+    one) and the host it runs on (a PID means nothing on another host)."""
+    import psutil
+
+    return {"pid": os.getpid(), "started": psutil.Process().create_time(), "hostname": os.uname().nodename}
+
+
+def writer_alive(writer: Any) -> bool | None:
+    """Whether the process recorded as a run.json's `writer` still runs: False when no live
+    process has that PID and start time (a zombie is not live), None when it cannot be told
+    from here (another host, or a record of the wrong shape)."""
+    import psutil
+
+    if not isinstance(writer, dict) or writer.get("hostname") != os.uname().nodename:
+        return None
+    pid, started = writer.get("pid"), writer.get("started")
+    if not isinstance(pid, int) or isinstance(pid, bool) or not isinstance(started, int | float) or pid <= 0:
+        return None
+    try:
+        process = psutil.Process(pid)
+        return abs(process.create_time() - started) <= START_TIME_TOLERANCE_S and (
+            process.status() != psutil.STATUS_ZOMBIE
+        )
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.Error:
+        return None
+
+
+def effective_status(meta: dict[str, Any], run_path: Path | None = None) -> str | None:
+    """The status to show for a run: run.json's (None when it records none), except that a run
+    saying `running` is `abandoned` when its writer is gone (killed by SIGKILL, or the host
+    rebooted), and, when the writer cannot be checked here (a run.json from before it was
+    recorded, or one written on another host), once no file of `run_path` but its report has
+    changed for UNCHECKED_STALE_S. Every row it measured stays in points.csv."""
+    status = meta.get("status")
+    if status != STATUS_RUNNING:
+        return None if status is None else str(status)
+    alive = writer_alive(meta.get("writer"))
+    if alive is None and run_path is not None:
+        alive = time.time() - _last_written(Path(run_path)) < UNCHECKED_STALE_S
+    return STATUS_RUNNING if alive is not False else STATUS_ABANDONED
+
+
+def _last_written(run_path: Path) -> float:
+    """When the run last wrote one of its files (its report is rewritten by `bench report`)."""
+    try:
+        entries = list(run_path.iterdir())
+    except OSError:
+        # Unreadable: no evidence that it stopped.
+        return time.time()
+    times = []
+    for path in entries:
+        try:
+            if path.name != REPORT_FILE and path.is_file():
+                times.append(path.stat().st_mtime)
+        except OSError:
+            continue
+    return max(times, default=0.0)
 
 
 @contextlib.contextmanager

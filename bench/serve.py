@@ -1,8 +1,10 @@
 """`bench serve MODEL`: one reference server in the foreground, for load from elsewhere.
 
-Prints the server's JSON ready line on stdout (so scripts can read the port), runs for at
-most --duration seconds, and stops the server and everything it started on Ctrl-C, SIGTERM or
-when the time is up.
+Prints the server's JSON ready line on stdout (so scripts can read the port), then, as they
+come, its `shed` and `stats` lines (bench.shed: the connections it shed at its descriptor limit,
+which a `bench run --target` against it cannot read), runs for at most --duration seconds, and
+stops the server and everything it started on Ctrl-C, SIGTERM or when the time is up; what it
+shed in all is said on stderr at the end.
 """
 
 from __future__ import annotations
@@ -13,9 +15,12 @@ import math
 import signal
 import sys
 import time
+from typing import Any
 
 from bench.errors import UsageError
-from bench.processes import spawn_python, terminate_tree
+from bench.pipes import MessageReader
+from bench.processes import READ_TO_END_S, spawn_python, terminate_tree
+from bench.shed import ShedTally
 from bench.tcp_counters import check_backlog
 from servers.base import DEFAULT_BACKLOG
 
@@ -42,6 +47,20 @@ def _stop(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _relay(message: dict[str, Any], tally: ShedTally) -> str:
+    """Print a shed or stats line of the server's on stdout and count it; the reason of a
+    fatal line is returned ('' for any other message)."""
+    if tally.take(message):
+        try:
+            print(json.dumps(message), flush=True)
+        except OSError:
+            # Whoever read our stdout is gone (`bench serve ... | head -1`): the server's pipe is
+            # still drained, by the reader.
+            pass
+        return ""
+    return str(message.get("reason", "")) if message["event"] == "fatal" else ""
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from servers import registry
 
@@ -57,6 +76,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     server_args += ["--workers", str(args.server_workers), "--backlog", str(check_backlog(args.backlog))]
     signal.signal(signal.SIGTERM, _stop)
     server = spawn_python("servers", server_args)
+    # Read on a thread from the ready line on, so that the server never blocks on a full pipe.
+    out: MessageReader | None = None
+    tally = ShedTally(processes=args.server_workers)
     try:
         ready = server.stdout.readline()
         message = json.loads(ready) if ready.startswith("{") else {}
@@ -65,6 +87,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(f"bench: error: {args.model} did not start: {''.join(reason)}", file=sys.stderr)
             return 1
         print(ready.strip(), flush=True)
+        out = MessageReader(server.stdout, "serve-stdout")
         print(
             f"serving {args.model} on {message['host']}:{message['port']} for at most {args.duration:g} s "
             "(Ctrl-C stops it)",
@@ -72,16 +95,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
             flush=True,
         )
         deadline = time.monotonic() + args.duration
-        while server.poll() is None and time.monotonic() < deadline:
-            try:
-                server.wait(timeout=min(0.5, max(deadline - time.monotonic(), 0.01)))
-            except Exception:  # noqa: BLE001 - subprocess.TimeoutExpired: still serving
-                continue
+        fatal = ""
+        while server.poll() is None and (left := deadline - time.monotonic()) > 0:
+            if (message := out.next(min(left, 0.5))) is not None:
+                fatal = _relay(message, tally) or fatal
         if server.poll() is not None:
-            print(f"bench: error: the server exited with status {server.returncode}", file=sys.stderr)
+            out.wait_closed(READ_TO_END_S)
+            while (message := out.next(0)) is not None:
+                fatal = _relay(message, tally) or fatal
+            why = f": {fatal}" if fatal else ""
+            print(f"bench: error: the server exited with status {server.returncode}{why}", file=sys.stderr)
             return 1
         return 0
     except KeyboardInterrupt:
         return 0
     finally:
-        terminate_tree(server)
+        # The stats lines come after SIGTERM: read to the end of the server's stdout (bounded).
+        terminate_tree(server, readers=[out] if out is not None else [])
+        while out is not None and (message := out.next(0)) is not None:
+            _relay(message, tally)
+        if said := tally.sentence():
+            print(f"bench serve: {said}", file=sys.stderr, flush=True)

@@ -1,4 +1,5 @@
-"""The server under test as the harness sees it: started, ready, watched, stopped."""
+"""The server under test as the harness sees it: started, ready, watched, stopped, and what it
+said on stdout meanwhile (ready, fatal and warning lines, and the connections it shed)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from bench.child import format_cpus
 from bench.errors import PointFailed
 from bench.pipes import MessageReader, deadline_in, remaining
 from bench.processes import spawn_python, terminate_tree
+from bench.shed import ShedTally
 
 
 class ServerUnderTest:
@@ -23,6 +25,9 @@ class ServerUnderTest:
         self.warnings: list[str] = []
         self.fatal: str | None = None
         self.exit_s: float | None = None
+        # The connections it shed at its descriptor limit (bench.shed), complete after stop().
+        self.shed = ShedTally()
+        self._stopped = False
 
     def start(self, ready_timeout: float = 15.0) -> None:
         args = [self.model, "--host", self.host, "--port", "0", "--cpus", format_cpus(self.cpus), *self.extra]
@@ -41,12 +46,17 @@ class ServerUnderTest:
             self._note(message)
             if message["event"] == "ready":
                 self.port = int(message["port"])
+                # Each SO_REUSEPORT process prints its own stats line at exit.
+                workers = message.get("workers", 1)
+                self.shed.processes = workers if isinstance(workers, int) and workers > 1 else 1
                 return
             if self.fatal:
                 raise PointFailed(self.fatal)
         raise PointFailed(f"server not ready within {ready_timeout:.0f} s: {self._stderr_tail()}")
 
     def _note(self, message: dict) -> None:
+        if self.shed.take(message):
+            return
         if message["event"] == "fatal":
             self.fatal = str(message.get("reason", "unknown fatal error"))
         elif message["event"] == "warning":
@@ -73,8 +83,14 @@ class ServerUnderTest:
         return lines[-1].strip() if lines else "no output on stderr"
 
     def stop(self) -> None:
-        if self.popen is not None:
-            self.exit_s = terminate_tree(self.popen)
+        """SIGTERM the server (SIGKILL after a grace period) and read what it printed to its end;
+        once only, so that a second call keeps the first's exit time."""
+        if self.popen is not None and not self._stopped:
+            self._stopped = True
+            # Its stdout is read to the end (bounded): the stats line of its exit comes after SIGTERM.
+            self.exit_s = terminate_tree(self.popen, readers=[self._out, self._err])
+            while (message := self._out.next(0)) is not None:
+                self._note(message)
 
     def __enter__(self) -> ServerUnderTest:
         return self
@@ -93,6 +109,8 @@ class ExternalServer:
         self.pid: int | None = None
         self.warnings: list[str] = []
         self.exit_s: float | None = None
+        # Its stdout is not ours to read: what it shed is unknown here (bench.shed).
+        self.shed: ShedTally | None = None
 
     def start(self, ready_timeout: float = 15.0) -> None:
         # One connection to learn, before the workers start, that something listens there.

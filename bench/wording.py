@@ -13,3 +13,8 @@ def figure(value: float) -> str:
 def and_list(items: Sequence[str]) -> str:
     """'a', 'a and b', 'a, b and c'; '' for none."""
     return ", ".join(items[:-1]) + " and " + items[-1] if len(items) > 1 else "".join(items)
+
+
+def plural(count: int, noun: str, nouns: str = "") -> str:
+    """'1 connection', '2,000 connections' (`nouns`: an irregular plural, e.g. 'processes')."""
+    return f"{count:,} {noun if count == 1 else nouns or noun + 's'}"

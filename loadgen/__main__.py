@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             "cpu_sys_s": result.cpu_sys_s,
             "live_connections": result.live_connections,
             "max_rss_bytes": peak_rss_bytes(),
+            "closed_before_echo": result.closed_before_echo,
             "histogram": encode(result.histogram),
             "uncorrected": encode(result.uncorrected) if result.uncorrected is not None else "",
             "connect_histogram": encode(result.connect_histogram or new_histogram()),

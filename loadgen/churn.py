@@ -55,6 +55,8 @@ def run_churn(
     tl_bin, tl_next = 0, tl_edges[1]
     cycles = 0
     started = 0
+    # A churn connection has one request: any close or reset of it is before its echo.
+    closed_before_echo = 0
     # Slots whose start failed before connect() was under way: started again at the next
     # timeout scan, not at once, which would spin on a lasting error (out of descriptors).
     deferred = 0
@@ -97,11 +99,14 @@ def run_churn(
         ep.register(sock.fileno(), _OUT)
 
     def finish(fd: int, kind: str | None) -> None:
+        nonlocal closed_before_echo
         slot = slots.pop(fd)
         ep.unregister(fd)
         slot.sock.close()
         if kind:
             count_error(kind)
+        if kind in (errors.RESET, errors.SHORT_READ):
+            closed_before_echo += 1
 
     _wait_until(start_at)
     for _ in range(concurrency):
@@ -207,4 +212,5 @@ def run_churn(
         sent_in_window=cycles,
         connect_histogram=connect_hist,
         timeline=timeline.message(),
+        closed_before_echo=closed_before_echo,
     )

@@ -68,10 +68,16 @@ class LoopResult:
     connect_histogram: HdrHistogram | None = None
     # Completions and errors per 100 ms from the scheduled start (loadgen.timeline's format).
     timeline: dict | None = None
+    # Connections the server closed or reset before their first echo (a subset of the reset
+    # and short_read errors): what a server shedding connections at its descriptor limit
+    # looks like from the client (bench.shed).
+    closed_before_echo: int = 0
 
 
 class _Conn:
-    __slots__ = ("sock", "fd", "cid", "seq", "payload", "sent", "received", "t_send", "t_intended", "writing")
+    __slots__ = (
+        "sock", "fd", "cid", "seq", "payload", "sent", "received", "t_send", "t_intended", "writing", "answered",
+    )  # fmt: skip
 
     def __init__(self, sock: socket.socket, cid: int) -> None:
         self.sock = sock
@@ -84,6 +90,8 @@ class _Conn:
         self.t_send = 0.0
         self.t_intended = 0.0
         self.writing = False
+        # An echo of it was verified: a close after that is not a connection turned away.
+        self.answered = False
 
 
 def run_request_loop(
@@ -119,7 +127,7 @@ def run_request_loop(
     corrected: Counter = Counter()
     uncorrected: Counter = Counter()
     errs: Counter = Counter()
-    requests = sent_in_window = 0
+    requests = sent_in_window = closed_before_echo = 0
     clock = time.monotonic
     win_start, win_end = window.start, window.end
     timeline = Recorder(start_at, win_start, win_end)
@@ -130,7 +138,10 @@ def run_request_loop(
     due: list[tuple[float, int]] = []  # (intended send time, fd) of connections waiting for their turn
 
     def fail(conn: _Conn, kind: str) -> None:
+        nonlocal closed_before_echo
         errs[kind] += 1
+        if kind in (errors.RESET, errors.SHORT_READ) and not conn.answered:
+            closed_before_echo += 1
         timeline.error(clock())
         ep.unregister(conn.fd)
         del conns[conn.fd]
@@ -213,6 +224,7 @@ def run_request_loop(
                         ep.unregister(fd)
                         idle_socks.pop(fd).close()
                         errs[errors.RESET if ev & select.EPOLLERR else errors.SHORT_READ] += 1
+                        closed_before_echo += 1
                         timeline.error(clock())
                     continue
                 if ev & _OUT and conn.writing:
@@ -240,6 +252,7 @@ def run_request_loop(
                 if data != conn.payload:
                     fail(conn, errors.MISMATCH)
                     continue
+                conn.answered = True
                 done = clock()
                 if done >= tl_next:
                     tl_bin = tl_seek(done)
@@ -295,6 +308,7 @@ def run_request_loop(
         live_connections=live,
         sent_in_window=sent_in_window,
         timeline=timeline.message(),
+        closed_before_echo=closed_before_echo,
     )
 
 

@@ -6,7 +6,10 @@ import csv
 import os
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
+
+import psutil
 
 TESTS_DIR = Path(__file__).resolve().parent
 
@@ -45,3 +48,14 @@ def only_run_dir(out: Path) -> Path:
 def read_points(run_dir: Path) -> list[dict[str, str]]:
     with open(run_dir / "points.csv", newline="") as fh:
         return list(csv.DictReader(fh))
+
+
+def kill_leftovers(popen: subprocess.Popen, procs: Iterable[psutil.Process] = ()) -> None:
+    """A test's clean-up: SIGKILL what it started and is still there, by PID (psutil.Process
+    objects know their start time, so a reused PID is left alone)."""
+    if popen.poll() is None:
+        popen.kill()
+        popen.wait()
+    for proc in procs:
+        if proc.is_running():
+            proc.kill()

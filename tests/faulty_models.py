@@ -7,7 +7,7 @@ import socket
 import threading
 import time
 
-from servers.base import EchoServer
+from servers.base import EchoServer, ServerOptions, emit
 
 
 class CrashOnAcceptServer(EchoServer):
@@ -124,8 +124,112 @@ class StallingServer(_PerConnectionThreads):
             conn.sendall(data)
 
 
+class OneEchoServer(_PerConnectionThreads):
+    """Echoes a connection's first request, then closes it: a close after an echo."""
+
+    name = "one-echo"
+    mechanism = "a thread per connection, closed after its first echo"
+
+    def handle(self, conn: socket.socket) -> None:
+        if data := conn.recv(65536):
+            conn.sendall(data)
+
+
+class PipeHolderServer(_PerConnectionThreads):
+    """Echoes, having left a process outside its own tree that holds its stdout open for 30 s
+    (its PID in a warning line): the end of that pipe is not the server's end."""
+
+    name = "pipe-holder"
+    mechanism = "a thread per connection, and a stray grandchild holding stdout for 30 s"
+
+    def serve(self, listener: socket.socket) -> None:
+        child = os.fork()
+        if child == 0:
+            # The grandchild is re-parented when its parent exits: no tree of the server's has it.
+            if os.fork() == 0:
+                listener.close()
+                emit({"event": "warning", "reason": f"stray {os.getpid()}"})
+                time.sleep(30)
+            os._exit(0)
+        os.waitpid(child, 0)
+        super().serve(listener)
+
+
+class SheddingServer(EchoServer):
+    """Sheds as a server at its descriptor limit does (issue 13), but at CAP open connections
+    instead of at RLIMIT_NOFILE: a connection accepted beyond CAP is closed at once, each
+    episode is said on stdout as it ends, and a stats line at a clean exit (bench.shed's
+    protocol); each SO_REUSEPORT process for itself."""
+
+    name = "shed"
+    category = "test"
+    mechanism = "a thread per connection, at most 3 open: the rest are closed as accepted (shed)"
+    supports_workers = True
+    CAP = 3
+    # An episode ends when no connection was shed for this long.
+    EPISODE_END_S = 0.1
+
+    def __init__(self, options: ServerOptions) -> None:
+        super().__init__(options)
+        self.total = self.episodes = 0
+        self.in_episode = 0
+        self.open = 0
+        self.lock = threading.Lock()
+
+    def serve(self, listener: socket.socket) -> None:
+        listener.settimeout(self.EPISODE_END_S)
+        began = last = 0.0
+        while True:
+            try:
+                conn: socket.socket | None = listener.accept()[0]
+            except TimeoutError:
+                conn = None
+            now = time.monotonic()
+            if conn is not None and self.open >= self.CAP:
+                conn.close()
+                began = now if not self.in_episode else began
+                self.in_episode += 1
+                self.total += 1
+                last = now
+                continue
+            if self.in_episode and (conn is not None or now - last >= self.EPISODE_END_S):
+                self.episodes += 1
+                emit({"event": "shed", "count": self.in_episode, "errno": "EMFILE", "seconds": round(last - began, 6)})
+                self.in_episode = 0
+            if conn is not None:
+                with self.lock:
+                    self.open += 1
+                threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
+
+    def _echo(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                while data := conn.recv(65536):
+                    conn.sendall(data)
+            except OSError:
+                pass
+        with self.lock:
+            self.open -= 1
+
+    def close(self) -> None:
+        # The last line of a clean exit; an episode under way counts in it.
+        emit({"event": "stats", "shed": self.total, "episodes": self.episodes + (1 if self.in_episode else 0)})
+
+
+class ShedEverythingServer(SheddingServer):
+    """Sheds every connection: no request is ever answered."""
+
+    name = "shed-all"
+    mechanism = "closes every connection as it accepts it (shed)"
+    CAP = 0
+
+
 EXTRA_MODELS = ",".join(
     [
+        "one-echo=faulty_models:OneEchoServer",
+        "shed=faulty_models:SheddingServer",
+        "shed-all=faulty_models:ShedEverythingServer",
+        "pipe-holder=faulty_models:PipeHolderServer",
         "corrupt=faulty_models:CorruptEchoServer",
         "idle-timeout=faulty_models:IdleTimeoutServer",
         "stall=faulty_models:StallingServer",

@@ -66,6 +66,9 @@ enum kind { CONNECT_REFUSED, CONNECT_TIMEOUT, CONNECT_OTHER, RESET, SHORT_READ, 
 static const char *const kind_name[NKINDS] = {"connect_refused", "connect_timeout", "connect_error", "reset",
                                               "short_read",      "mismatch",        "timeout"};
 static uint64_t errs[NKINDS];
+/* Connections the server closed or reset before their first echo (a subset of reset and
+ * short_read): what a server shedding connections at its descriptor limit looks like from here. */
+static uint64_t closed_before_echo;
 
 /* ---- options ---------------------------------------------------------------------------- */
 
@@ -537,6 +540,7 @@ struct conn {
     uint32_t seq;
     uint32_t waiting;  /* open loop: waiting for its next send time, nothing in flight */
     uint32_t writing;  /* EPOLLOUT registered: part of the request is still to be sent */
+    uint32_t answered; /* an echo of it was verified */
     size_t sent, received;
     int64_t t_send, t_intended, t_connect;
 };
@@ -867,6 +871,8 @@ static int64_t interval_ns; /* open loop: time between one connection's intended
 static void drop(struct conn *c, int kind)
 {
     count_error(kind);
+    if ((kind == RESET || kind == SHORT_READ) && !c->answered)
+        closed_before_echo++;
     close_fd(c->fd);
     c->fd = -1;
 }
@@ -921,6 +927,7 @@ static void on_active_event(struct conn *c, uint32_t ev)
         drop(c, kind);
     if (r != IO_DONE)
         return;
+    c->answered = 1;
     int64_t done = now_ns();
     if (completed_at(done)) {
         win.requests++;
@@ -1077,6 +1084,9 @@ static void churn_finish(struct slot *s, int kind)
     s->fd = -1;
     if (kind >= 0)
         count_error(kind);
+    /* A churn connection has one request: any close or reset is before its echo. */
+    if (kind == RESET || kind == SHORT_READ)
+        closed_before_echo++;
     churn_begin(s);
 }
 
@@ -1268,7 +1278,8 @@ int main(int argc, char **argv)
     printf(",\"cpu_user_s\":%.6f,\"cpu_sys_s\":%.6f,\"live_connections\":%ld",
            seconds_of(&win.usage_end.ru_utime) - seconds_of(&win.usage_start.ru_utime),
            seconds_of(&win.usage_end.ru_stime) - seconds_of(&win.usage_start.ru_stime), live);
-    printf(",\"max_rss_bytes\":%lld", peak_rss_bytes());
+    printf(",\"max_rss_bytes\":%lld,\"closed_before_echo\":%llu", peak_rss_bytes(),
+           (unsigned long long)closed_before_echo);
     put_errors();
     put_hist("histogram_counts", win.corrected);
     if (win.uncorrected)
