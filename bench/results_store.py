@@ -129,13 +129,17 @@ def _last_written(run_path: Path) -> float:
 def recording_status(
     run_dir: RunDirectory, meta: dict[str, Any], on_finish: Callable[[dict[str, Any]], None] | None = None
 ) -> Iterator[None]:
-    """Run the body, then write run.json with status `complete` or, on Ctrl-C, `interrupted`,
-    and the finish time; whatever happens, run.json is written last (after `on_finish`)."""
+    """Run the body, then write run.json with status `complete`, on Ctrl-C `interrupted`, or
+    `failed` when the harness itself raised, and the finish time; whatever happens, run.json is
+    written last (after `on_finish`). Only a run killed outright keeps `running`."""
     try:
         yield
         meta["status"] = "complete"
     except KeyboardInterrupt:
         meta["status"] = "interrupted"
+        raise
+    except BaseException:
+        meta["status"] = "failed"
         raise
     finally:
         meta["finished"] = now_iso()

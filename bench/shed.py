@@ -30,6 +30,12 @@ STATS_EVENT = "stats"
 LIMITS = {
     "EMFILE": ("at its descriptor limit (EMFILE)", "raise RLIMIT_NOFILE (ulimit -n) or use --server-workers"),
     "ENFILE": ("at the host's descriptor limit (ENFILE)", "raise fs.file-max"),
+    # The fork model's own causes (servers/fork_server.py): its cap, and fork() failing.
+    "fork-cap": ("past its cap of live children (--fork-cap)", "raise --fork-cap"),
+    "EAGAIN": ("when fork() failed (EAGAIN)", "raise RLIMIT_NPROC (ulimit -u) or lower --fork-cap"),
+    # Out of memory, not descriptors (man 2 accept).
+    "ENOMEM": ("out of memory at accept (ENOMEM)", "free memory, or lower the connections per server"),
+    "ENOBUFS": ("out of socket buffer memory at accept (ENOBUFS)", "raise net.ipv4.tcp_mem"),
 }
 
 
@@ -172,7 +178,8 @@ def shed_findings(df: pd.DataFrame) -> list[str]:
         return []
     worst = hit.loc[counts[hit.index].idxmax()]
     return [
-        f"Servers shed connections at their descriptor limit at {plural(len(hit), 'point')}, "
+        f"Servers shed connections they could not hold (a descriptor limit, fork's cap, memory) at "
+        f"{plural(len(hit), 'point')}, "
         f"{int(counts.sum()):,} connections in all (most: {worst['model']} at {int(worst['connections']):,} "
         f"connections, {int(counts[worst.name]):,} shed): those points measured the connections the server kept, "
         "and their reasons say what to raise."

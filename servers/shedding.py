@@ -54,6 +54,17 @@ ACCEPT_BATCH = 256
 _WOULD_BLOCK = (BlockingIOError, InterruptedError)
 # The client gave up while queued: nothing to shed, the next one is not affected.
 _ABORTED = (ConnectionAbortedError, ConnectionResetError)
+# Network errors accept() passes on for the connection it was taking: "treat them like EAGAIN
+# by retrying" (man 2 accept, NOTES); the C server retries the same set.
+CONNECTION_ERRNOS = frozenset(
+    {errno.EPROTO, errno.ENETDOWN, errno.ENOPROTOOPT, errno.EHOSTDOWN, errno.ENONET, errno.EHOSTUNREACH,
+     errno.EOPNOTSUPP, errno.ENETUNREACH, errno.EPERM}
+)  # fmt: skip
+
+
+def _connection_error(exc: OSError) -> bool:
+    """The error concerns only the connection accept() was taking: skip it and go on."""
+    return isinstance(exc, _ABORTED) or exc.errno in CONNECTION_ERRNOS
 
 
 def errno_name(code: int) -> str:
@@ -226,9 +237,9 @@ class AcceptGate:
         except _WOULD_BLOCK:
             self.drained = True
             return None
-        except _ABORTED:
-            return None
         except OSError as exc:
+            if _connection_error(exc):
+                return None
             if exc.errno not in RESOURCE_ERRNOS:
                 raise
             kept = self._over_limit(exc.errno)
@@ -261,7 +272,7 @@ class AcceptGate:
                 self.drained = True
             elif exc.errno in RESOURCE_ERRNOS:
                 self._pause(exc.errno)  # even the spare's slot does not help: ENOMEM, say
-            elif not isinstance(exc, _ABORTED):
+            elif not _connection_error(exc):
                 raise
             return None
         self._reserve = _open_reserve()

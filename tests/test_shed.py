@@ -83,7 +83,16 @@ def test_missing_stats_lines_make_the_total_a_floor():
             "ENFILE",
             "1 connection at the host's descriptor limit (ENFILE) in 1 episode (2.0 s in all): raise fs.file-max",
         ),
-        ("ENOBUFS", "1 connection when accept() failed with ENOBUFS in 1 episode (2.0 s in all): see accept(2)"),
+        (
+            "ENOBUFS",
+            "1 connection out of socket buffer memory at accept (ENOBUFS) in 1 episode (2.0 s in all): raise "
+            "net.ipv4.tcp_mem",
+        ),
+        (
+            "fork-cap",
+            "1 connection past its cap of live children (--fork-cap) in 1 episode (2.0 s in all): raise --fork-cap",
+        ),
+        ("EPERM", "1 connection when accept() failed with EPERM in 1 episode (2.0 s in all): see accept(2)"),
     ],
 )
 def test_other_errnos_name_their_own_limit(errno, words):
@@ -156,7 +165,8 @@ def test_findings_state_it_once_per_run():
         ]
     )
     assert shed_findings(df) == [
-        "Servers shed connections at their descriptor limit at 2 points, 170 connections in all (most: epoll at "
+        "Servers shed connections they could not hold (a descriptor limit, fork's cap, memory) at 2 points, 170 "
+        "connections in all (most: epoll at "
         "2,000 connections, 150 shed): those points measured the connections the server kept, and their reasons "
         "say what to raise."
     ]
@@ -234,7 +244,7 @@ def test_a_sweep_writes_what_the_server_shed_in_ok_and_failed_rows(tmp_path):
     assert failed["reason"].startswith("no request completed in the window")
     assert "the server shed 8 connections at its descriptor limit (EMFILE)" in failed["reason"]
     html = (run_dir / "report.html").read_text()
-    assert html.count("Servers shed connections at their descriptor limit at 2 points, 13 connections in all") == 1
+    assert html.count("memory) at 2 points, 13 connections in all") == 1
 
 
 @pytest.mark.timeout(30)

@@ -367,8 +367,14 @@ static void on_listener(void)
                 return;
             if (is_connection_errno(errno))
                 continue;
-            if (is_resource_errno(errno)) {
+            if (errno == EMFILE || errno == ENFILE) {
                 shed_queue(errno);
+                return;
+            }
+            if (is_resource_errno(errno)) {
+                /* Out of memory, not descriptors: a spare's slot would not help, and the
+                 * queued connections may be served once memory is back. */
+                pause_accept(errno);
                 return;
             }
             die("accept4", strerror(errno));
