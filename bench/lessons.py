@@ -14,12 +14,13 @@ select(2), poll(2), epoll(7) and io_uring(7) say, checked against this host:
    one request takes (from a `bench profile` of this host, as strace -c counts them).
 
 Every comparison goes through `contrast`, which states a difference only when the noise
-cannot explain it: over repeats, the bootstrap 95% CI of the per-repeat paired ratio; with one
-repeat, for req/s, a bootstrap CI over the two points' 100 ms bins (which sees the noise inside
-each window, not the host's drift between points), and for costs without bins, a factor of at
-least SINGLE_REPEAT_FACTOR, far outside the 10-12% by which repeats of one point vary on these
-hosts. A point measured in a shifted phase (the probe's `host_shifted`, or `disturbed`) enters a
-single-repeat comparison only beyond HOST_FACTOR.
+cannot explain it: with MIN_FOR_INTERVAL (six) repeats or more, when the distribution-free 95%
+interval of the per-repeat paired ratio's median excludes 1 (bench.statistics.median_interval);
+with fewer, for req/s of single points, when a bootstrap CI over the two points' 100 ms bins
+excludes 1 (it sees the noise inside each window, not the host's drift between points) and the
+ratio is beyond RATE_FACTOR, and otherwise beyond SINGLE_REPEAT_FACTOR, far outside the 10-12%
+by which repeats of one point vary on these hosts. A point measured in a shifted phase (the
+probe's `host_shifted`, or `disturbed`) enters such a comparison only beyond HOST_FACTOR.
 """
 
 from __future__ import annotations
@@ -399,9 +400,7 @@ def busy_polling(df: pd.DataFrame) -> list[str]:
     return [text + "."]
 
 
-def syscalls_per_request(
-    df: pd.DataFrame, profile: list[dict[str, Any]] | None, origin: str, top: Callable[[str], str] | None = None
-) -> list[str]:
+def syscalls_per_request(df: pd.DataFrame, profile: list[dict[str, Any]] | None, origin: str) -> list[str]:
     """Lesson 5: the system calls one request takes in the signal-driven and asynchronous
     models against epoll, from a syscall profile of this host (rows as
     bench.syscall_profile.read_syscalls returns them, `origin` naming the run); how to get one
