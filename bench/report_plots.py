@@ -217,9 +217,7 @@ def panel_plot(
     _scale(axes[0], ok, y, log_x, log_y, drawn)
     _label_ticks(axes[0], df[x], log_x)
     if (df["status"] != STATUS_OK).any():
-        _lift_foot(axes[0])  # the y axis is shared: once for all panels
-        for ax in axes[: len(names)]:
-            _shade_foot(ax)
+        foot_band(axes[0], axes[: len(names)])
     return finish_panels(fig, axes, len(names), title, xlabel, ylabel, marks if len(names) > 1 else ([], []))
 
 
@@ -348,20 +346,19 @@ def _mark_failures(ax: plt.Axes, df: pd.DataFrame, x: str, series: str, right: f
         )  # fmt: skip
 
 
-def _lift_foot(ax: plt.Axes) -> None:
-    """Lift the data above the band at the foot where failed points are drawn."""
-    lo, hi = ax.get_ylim()
-    if ax.get_yscale() == "log":
-        span = np.log10(hi) - np.log10(lo)
-        ax.set_ylim(10 ** (np.log10(lo) - span * FOOT / (1 - FOOT)), hi)
-    else:
-        ax.set_ylim(lo - (hi - lo) * FOOT / (1 - FOOT), hi)
-
-
-def _shade_foot(ax: plt.Axes) -> None:
+def foot_band(first: plt.Axes, axes: list[plt.Axes]) -> None:
+    """Lift the data above a shaded band at the foot of every panel in `axes`, where failed
+    points are drawn: the panels share y, so lowering the first panel's limit lowers them all."""
     from matplotlib.patches import Rectangle
 
-    ax.add_patch(Rectangle((0, 0), 1, FOOT, transform=ax.transAxes, color="crimson", alpha=0.07, lw=0))
+    lo, hi = first.get_ylim()
+    if first.get_yscale() == "log":
+        span = np.log10(hi) - np.log10(lo)
+        first.set_ylim(10 ** (np.log10(lo) - span * FOOT / (1 - FOOT)), hi)
+    else:
+        first.set_ylim(lo - (hi - lo) * FOOT / (1 - FOOT), hi)
+    for ax in axes:
+        ax.add_patch(Rectangle((0, 0), 1, FOOT, transform=ax.transAxes, color="crimson", alpha=0.07, lw=0))
 
 
 def _flag_legend(df: pd.DataFrame) -> tuple[list[Line2D], list[str]]:

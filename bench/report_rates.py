@@ -34,7 +34,6 @@ import numpy as np
 import pandas as pd
 from matplotlib.axis import Axis
 from matplotlib.lines import Line2D
-from matplotlib.patches import Rectangle
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter
 from matplotlib.transforms import blended_transform_factory
 
@@ -46,6 +45,7 @@ from bench.report_plots import (
     FOOT,
     compact,
     flagged,
+    foot_band,
     model_styles,
     plt,
     to_svg,
@@ -311,7 +311,7 @@ class _Panels:
         if y_format is not None:
             y_format(first.yaxis)
         if (self.rows["status"] != STATUS_OK).any():
-            _foot(first, list(self.axes.values()))
+            foot_band(first, list(self.axes.values()))
             handles.append(_handle("failed / skipped", marker="x", color="crimson", linestyle="none", mew=2))
         for flag, (marker, color) in FLAG_STYLES.items():
             if flagged(self.rows, flag).any():
@@ -487,18 +487,6 @@ def _mark_answers(ax: plt.Axes, answers: pd.DataFrame, name_connections: bool, m
                     xycoords=("data", "axes fraction"), xytext=(4, 0) if rate < middle else (-4, 0),
                     textcoords="offset points", rotation=90, ha="left" if rate < middle else "right", va="bottom",
                     fontsize=8, color=FIND_MAX_COLOR)  # fmt: skip
-
-
-def _foot(first: plt.Axes, axes: list[plt.Axes]) -> None:
-    """Lift the data above a shaded band at the foot of every panel, where failed points are
-    drawn: the panels share y, so lowering the first panel's limit lowers them all."""
-    low, high = first.get_ylim()
-    if first.get_yscale() == "log":
-        first.set_ylim(low * (low / high) ** (FOOT / (1 - FOOT)), high)
-    else:
-        first.set_ylim(low - (high - low) * FOOT / (1 - FOOT), high)
-    for ax in axes:
-        ax.add_patch(Rectangle((0, 0), 1, FOOT, transform=ax.transAxes, color="crimson", alpha=0.07, lw=0))
 
 
 def _has_panel_below(ax: plt.Axes, axes: dict[str, plt.Axes]) -> bool:
