@@ -14,7 +14,7 @@ from __future__ import annotations
 import pandas as pd
 
 from bench.columns import STATUS_OK
-from bench.statistics import MIN_FOR_INTERVAL, counted, per_repeat, ratio_estimate, truthy
+from bench.statistics import MIN_FOR_INTERVAL, Estimate, counted, per_repeat, ratio_estimate, truthy
 from bench.wording import figure
 
 # Repeats to ask for when a run has too few: the fewest with a 95% interval of the paired
@@ -40,6 +40,17 @@ def paired_ratios(rows: pd.DataFrame, a: str, b: str) -> list[float]:
     return (va[common] / vb[common]).tolist()
 
 
+def paired_lead(rows: pd.DataFrame, a: str, b: str) -> Estimate:
+    """Model `a`'s req/s over model `b`'s, paired within each repeat: the median of the ratios
+    with its 95% interval (bench.statistics.ratio_estimate; none from fewer than six repeats)."""
+    return ratio_estimate(paired_ratios(rows, a, b))
+
+
+def clearly_ahead(est: Estimate) -> bool:
+    """The one gate of every ranking: the paired ratio's 95% interval lies above 1."""
+    return est.ci_low is not None and est.ci_low > 1
+
+
 def leader_sentence(rows: pd.DataFrame, level: int, workload: str) -> str | None:
     """One sentence on who leads at this level (rows: every row of the level), gated by the
     paired ratio's 95% CI; None when fewer than two models can be ranked."""
@@ -60,15 +71,14 @@ def leader_sentence(rows: pd.DataFrame, level: int, workload: str) -> str | None
             f"{where}: no ranking by throughput{note}: each model was measured once ({lead}), and one repeat "
             f"cannot tell a difference from this host's noise; run --repeats {REPEATS_NEEDED} or more."
         )
-    ratios = paired_ratios(usable, top, second)
-    est = ratio_estimate(ratios)
+    est = paired_lead(usable, top, second)
     if est.ci_low is None or est.ci_high is None:
         return (
             f"{where}: no ranking by throughput{note}: {top} and {second} share {est.n} repeats ({lead}), too few "
             f"for a 95% interval of their paired ratio; run --repeats {REPEATS_NEEDED} or more."
         )
     interval = f"paired ratio {est.median:.3f}, 95% CI {est.ci_low:.3f}-{est.ci_high:.3f} over {est.n} repeats"
-    if est.ci_low > 1:
+    if clearly_ahead(est):
         return (
             f"{where}, {top} leads with {figure(medians.iloc[0])} {unit}, {est.median - 1:.0%} ahead of {second} "
             f"({figure(medians.iloc[1])}; {interval}){note}."

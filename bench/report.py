@@ -17,15 +17,15 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from bench.columns import POINT_COLUMNS, STATUS_OK
 from bench.index_page import write_index
-from bench.lessons import contrast, cost_findings, lesson_findings
-from bench.rankings import rankable, ranking_findings
+from bench.lessons import cost_findings, lesson_findings
+from bench.rankings import clearly_ahead, paired_lead, rankable, ranking_findings
 from bench.report_plots import LOG_ZERO, panel_plot, panels_of
 from bench.report_rates import rate_findings, rate_plots
 from bench.report_summary import summary_table
 from bench.report_timeline import closed_ok, cost_plot, headline_level, sparkline, timeline_plot, timeline_rows
 from bench.results_store import STATUS_ABANDONED, RunDirectory, effective_status, write_text_atomic
 from bench.shed import shed_findings
-from bench.statistics import MIN_FOR_INTERVAL, final_attempts, flag_hits, truthy
+from bench.statistics import final_attempts, flag_hits, truthy
 from bench.tcp_counters import tcp_findings
 from bench.wording import figure
 
@@ -82,7 +82,7 @@ def findings(
     everything, df = df, final_attempts(df)
     ok = df[(df["status"] == STATUS_OK) & df["workload"].isin(["closed", "churn"])]
     out.extend(ranking_findings(df))
-    out.extend(baseline_findings(ok[ok["workload"] == "closed"], timelines))
+    out.extend(baseline_findings(ok[ok["workload"] == "closed"]))
     out.extend(lesson_findings(df, timelines, *profile))
     out.extend(cost_findings(df, headline_level(df)))
     # select's wall at 1024 is the first lesson's; the other failures are stated here.
@@ -170,14 +170,14 @@ BASELINE = "native"
 SATURATED_PCT = 90.0
 
 
-def baseline_findings(closed: pd.DataFrame, timelines: dict[str, dict[str, Any]] | None = None) -> list[str]:
+def baseline_findings(closed: pd.DataFrame) -> list[str]:
     """Where a Python model out-ran the C baseline (native) in the closed loop, say so and why,
     with the numbers: the faster model bought its rate with CPU native left idle (busy polling);
     native's server not saturated (the load generator set its pace); both native's server and
     its load worker saturated (the pair of processes, on a small host, was the limit). Said only
-    where bench.lessons.contrast finds the model clearly ahead over repeats (the paired ratio's
-    95% interval above 1, which needs six or more), as for any ranking, and never of
-    pair-limited points; `timelines` (by point_id) are passed on to contrast."""
+    where the model is clearly ahead by the rankings' gate (bench.rankings.clearly_ahead: the
+    paired ratio's 95% interval above 1, which needs six repeats or more), and never of
+    pair-limited points."""
     out: list[str] = []
     closed = rankable(closed) if not closed.empty else closed
     if closed.empty or BASELINE not in set(closed["model"]):
@@ -188,12 +188,9 @@ def baseline_findings(closed: pd.DataFrame, timelines: dict[str, dict[str, Any]]
         if BASELINE not in rps.index:
             continue
         native = rps[BASELINE]
-        gated = {}
-        for model in rps[rps > native].index:
-            found = contrast(rows[rows["model"] == model], rows[rows["model"] == BASELINE], "rps", timelines)
-            # A lead is a ranking: one repeat, or too few for an interval, states none.
-            if found is not None and found.clear and found.ratio > 1 and found.repeats >= MIN_FOR_INTERVAL:
-                gated[model] = found
+        # A lead is a ranking: the same gate as bench.rankings' (none from fewer than six repeats).
+        leads = {model: paired_lead(rows, model, BASELINE) for model in rps[rps > native].index}
+        gated = {model: est for model, est in leads.items() if clearly_ahead(est)}
         ahead = rps[list(gated)].sort_values(ascending=False)
         if ahead.empty:
             continue
@@ -201,7 +198,9 @@ def baseline_findings(closed: pd.DataFrame, timelines: dict[str, dict[str, Any]]
         server, client = med["server_cpu_pct"], med["client_cpu_pct"]
         top = ahead.index[0]
         names = ", ".join(
-            f"{m} ({figure(v)} req/s; ratio {gated[m].ratio:.2f}, {gated[m].interval()})" for m, v in ahead.items()
+            f"{m} ({figure(v)} req/s; ratio {gated[m].median:.2f}, 95% CI {gated[m].ci_low:.2f}-{gated[m].ci_high:.2f} "
+            f"over {gated[m].n} repeats)"
+            for m, v in ahead.items()
         )
         noun = "connection" if level == 1 else "connections"
         text = f"At {int(level):,} {noun} {names} out-ran the C baseline native ({figure(native)} req/s)"

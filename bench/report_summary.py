@@ -19,9 +19,9 @@ from dataclasses import dataclass, field, replace
 import pandas as pd
 
 from bench.columns import STATUS_OK
-from bench.rankings import REPEATS_NEEDED, paired_ratios, rankable
+from bench.rankings import REPEATS_NEEDED, clearly_ahead, paired_lead, rankable
 from bench.report_timeline import headline_level
-from bench.statistics import counted, estimate, final_attempts, flag_hits, ratio_estimate
+from bench.statistics import counted, estimate, final_attempts, flag_hits
 
 # Caveats a row names, as the table words them: (column, words).
 FLAG_WORDS = (
@@ -116,11 +116,7 @@ def _rank(ranked: list[SummaryRow], usable: pd.DataFrame) -> list[SummaryRow]:
     it is clearly ahead of every row from k down (paired ratio's 95% CI above 1), else it shares
     the rank above; "=" on shared ranks."""
     models = [row.model for row in ranked]
-    ahead = {
-        (a, b): (est := ratio_estimate(paired_ratios(usable, a, b))).ci_low is not None and est.ci_low > 1
-        for i, a in enumerate(models)
-        for b in models[i + 1 :]
-    }
+    ahead = {(a, b): clearly_ahead(paired_lead(usable, a, b)) for i, a in enumerate(models) for b in models[i + 1 :]}
     numbers: list[int] = []
     for k in range(len(models)):
         split = k > 0 and all(ahead[(a, b)] for a in models[:k] for b in models[k:])
