@@ -76,6 +76,7 @@ def _backlog(value: int | None) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from bench.engines import choose_engine
+    from bench.results_store import create_results_dir
     from bench.statistics import default_reference
     from bench.sweep import RunConfig, run_sweep
 
@@ -170,10 +171,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         locust_remote_workers=int(_positive(args.locust_remote_workers, "--locust-remote-workers", allow_zero=True)),
     )
     _stop_on_sigterm()
-    try:
-        config.out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"cannot create --out {args.out}: {exc.strerror}") from None
+    create_results_dir(config.out)
     runner = _Progress()
     try:
         run_dir = run_sweep(config, on_point=runner.point)
@@ -223,10 +221,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def _render(path: Path) -> Path:
-    """The run's report, or a one-line error naming what is damaged."""
+    """The run's report (an explain run's page), or a one-line error naming what is damaged."""
+    from bench.explain_page import render_explain
     from bench.report import render_report
 
     try:
+        if json.loads((path / "run.json").read_text()).get("kind") == "explain":
+            return render_explain(path)
         return render_report(path)
     except (ValueError, KeyError, AttributeError, TypeError, OSError) as exc:
         # json and pandas parse errors are ValueErrors; a run.json of the wrong shape, the rest.
@@ -376,6 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
     from bench.syscall_profile import add_profile_parser
 
     add_profile_parser(sub)
+    from bench.explain import add_explain_parser
+
+    add_explain_parser(sub)
     from bench.serve import add_serve_parser
 
     add_serve_parser(sub)

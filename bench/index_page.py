@@ -7,7 +7,7 @@ from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from bench.results_store import POINTS_FILE, REPORT_FILE, RUN_FILE, effective_status, write_text_atomic
+from bench.results_store import EXPLAIN_FILE, POINTS_FILE, REPORT_FILE, RUN_FILE, effective_status, write_text_atomic
 
 INDEX_FILE = "index.html"
 
@@ -38,7 +38,8 @@ def _summary(run_path: Path) -> dict | None:
         "cpu": host.get("cpu_model", ""),
         "models": ", ".join(config.get("models", [])),
         "points": count,
-        "report": (run_path / REPORT_FILE).exists(),
+        # The run's page: a sweep's or profile's report, an explain run's figures.
+        "page": next((name for name in (REPORT_FILE, EXPLAIN_FILE) if (run_path / name).exists()), None),
         "command": meta.get("command", ""),
     }
 

@@ -8,6 +8,7 @@ command that reproduces the run.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -289,11 +290,12 @@ def _fmt(value: object) -> str:
     return escape(str(value))
 
 
-def _profile_source(run_path: Path, meta: dict[str, Any]) -> Path | None:
-    """The run's own syscall profile, or else the newest `bench profile` run beside it made on
-    the same host and kernel (a profile is a separate run: strace slows the servers down)."""
-    if (run_path / SYSCALLS_FILE).exists():
-        return run_path
+def _sibling_run(
+    run_path: Path, meta: dict[str, Any], kind: str, has: Callable[[Path, dict[str, Any]], bool]
+) -> Path | None:
+    """The newest run of `kind` beside this one, made on the same host and kernel, for which
+    has(path, its run.json) holds: a `bench profile` or `bench explain` run is separate from a
+    sweep because strace slows the servers down."""
     host = meta.get("host", {})
     candidates = []
     for sibling in run_path.parent.iterdir():
@@ -305,9 +307,39 @@ def _profile_source(run_path: Path, meta: dict[str, Any]) -> Path | None:
             continue
         same_host = other.get("host", {}).get("hostname") == host.get("hostname")
         same_kernel = other.get("host", {}).get("kernel") == host.get("kernel")
-        if other.get("kind") == "profile" and same_host and same_kernel and (sibling / SYSCALLS_FILE).exists():
+        if other.get("kind") == kind and same_host and same_kernel and has(sibling, other):
             candidates.append((other.get("started", ""), sibling))
     return max(candidates)[1] if candidates else None
+
+
+def _profile_source(run_path: Path, meta: dict[str, Any]) -> Path | None:
+    """The run's own syscall profile, or else the newest `bench profile` run beside it made on
+    the same host and kernel."""
+    if (run_path / SYSCALLS_FILE).exists():
+        return run_path
+    return _sibling_run(run_path, meta, "profile", lambda path, _: (path / SYSCALLS_FILE).exists())
+
+
+def _explained(run_path: Path, meta: dict[str, Any]) -> tuple[dict[str, str], str]:
+    """model -> its request's sequence diagram (inline SVG) from the newest `bench explain` run
+    of this host and kernel, and that run's directory name ({}, "" when there is none)."""
+    from bench.explain_svg import sequence_diagram
+
+    def has_ok(_: Path, other: dict[str, Any]) -> bool:
+        explanations = other.get("explanations")
+        return isinstance(explanations, list) and any(
+            isinstance(e, dict) and e.get("status") == STATUS_OK for e in explanations
+        )
+
+    source = _sibling_run(run_path, meta, "explain", has_ok)
+    if source is None:
+        return {}, ""
+    try:
+        explanations = json.loads((source / "run.json").read_text())["explanations"]
+        diagrams = {e["model"]: sequence_diagram(e) for e in explanations if e.get("status") == STATUS_OK}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}, ""
+    return diagrams, source.name
 
 
 def _profile_rows(run_path: Path, meta: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
@@ -360,6 +392,7 @@ def render_report(run_path: Path) -> Path:
     env.filters["figure"] = figure
     profile_rows, profile_origin = _profile_rows(run_dir.path, meta)
     profile = _syscall_profile(profile_rows)
+    diagrams, explain_run = _explained(run_dir.path, meta)
     html = env.get_template("report.html.j2").render(
         meta=meta,
         # A run killed outright still says `running` in run.json: `abandoned` once its writer is gone.
@@ -374,6 +407,8 @@ def render_report(run_path: Path) -> Path:
         host=[(key, show_value(value)) for key, value in flatten_host(meta.get("host", {}))],
         profile=profile,
         profile_origin=profile_origin,
+        diagrams=diagrams,
+        explain_run=explain_run,
         engine=describe_engine(meta.get("config", {}).get("engine", "builtin")),
     )
     write_text_atomic(run_dir.report_file, html)

@@ -28,6 +28,7 @@ RUN_FILE = "run.json"
 POINTS_FILE = "points.csv"
 HISTOGRAMS_FILE = "histograms.jsonl"
 REPORT_FILE = "report.html"
+EXPLAIN_FILE = "explain.html"
 
 STATUS_RUNNING = "running"
 STATUS_ABANDONED = "abandoned"
@@ -47,6 +48,17 @@ def new_run_id() -> str:
 
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def create_results_dir(out: Path) -> None:
+    """Create the results directory (--out) and its parents; raises UsageError naming it when
+    that is not possible."""
+    from bench.errors import UsageError
+
+    try:
+        Path(out).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create --out {out}: {exc.strerror}") from None
 
 
 def new_run_meta(run_id: str) -> dict[str, Any]:

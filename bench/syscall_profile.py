@@ -26,12 +26,9 @@ from __future__ import annotations
 
 import argparse
 import csv
-import ctypes
 import math
 import os
-import shutil
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -43,16 +40,22 @@ from typing import Any
 import psutil
 
 from bench.columns import STATUS_FAILED, STATUS_OK, STATUS_SKIPPED
-from bench.cpus import Pinning, default_pinning, parse_pinning
+from bench.cpus import Pinning
 from bench.engines import LoadEngine, choose_engine, make_engine
 from bench.errors import PointFailed, UsageError
 from bench.host import describe_host
 from bench.load_workers import LoadPlan, worker_count
-from bench.model_selection import select_models
 from bench.pipes import deadline_in, remaining
 from bench.processes import process_tree
-from bench.results_store import RunDirectory, new_run_id, new_run_meta, recording_status
+from bench.results_store import RunDirectory, create_results_dir, new_run_id, new_run_meta, recording_status
 from bench.server_control import ServerUnderTest
+from bench.strace import (
+    StraceAttachment,
+    add_traced_run_options,
+    require_strace,
+    strace_version,
+    traced_run_choices,
+)
 
 SYSCALLS_FILE = "syscalls.csv"
 SYSCALL_COLUMNS = ["model", "syscall", "calls", "errors", "calls_per_req", "errors_per_req", "requests"]
@@ -66,8 +69,6 @@ DETACH_MARGIN_S = 0.05
 # long (a reader thread may hold a request for a moment before its writer sends it).
 DRAIN_SETTLE_S = 0.05
 DRAIN_TIMEOUT_S = 2.0
-ATTACH_TIMEOUT_S = 15.0
-DETACH_TIMEOUT_S = 15.0
 TOP_SYSCALLS = 6
 
 METHOD_NOTE = (
@@ -190,137 +191,6 @@ class ProfileConfig:
         return d
 
 
-def find_strace() -> str | None:
-    return shutil.which("strace")
-
-
-class StraceAttachment:
-    """`strace -c -f -p ...` on a process tree: attached, confirmed, detached with SIGINT so
-    that it writes its summary. The tracees are never harmed: only strace is signalled."""
-
-    def __init__(self, strace: str, output: Path, cpus: tuple[int, ...]) -> None:
-        self.strace = strace
-        self.output = output
-        self.cpus = cpus
-        self.popen: subprocess.Popen | None = None
-        self.processes = 0
-        self.threads = 0
-
-    def attach(self, root_pid: int, timeout: float = ATTACH_TIMEOUT_S) -> None:
-        tree = process_tree(root_pid)
-        if not tree:
-            raise PointFailed("server exited before strace could attach")
-        pids = [str(p.pid) for p in tree]
-        # -f also follows threads and children made while attached; a fork model's children
-        # made before are in the tree, so each gets its own -p. -q: no attach/detach chatter.
-        cmd = [self.strace, "-c", "-f", "-q", "-S", "calls", "-o", str(self.output)]
-        for pid in pids:
-            cmd += ["-p", pid]
-        self.popen = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-            preexec_fn=_detach_if_parent_dies,
-        )
-        # On the server's CPUs: a traced call is a hand-off between tracee and tracer, and a
-        # cross-core hand-off costs ~100 us here; on the client's CPUs it would slow the load.
-        try:
-            os.sched_setaffinity(self.popen.pid, set(self.cpus))
-        except OSError:
-            pass
-        self._wait_attached([p.pid for p in tree], timeout)
-
-    def _wait_attached(self, pids: list[int], timeout: float) -> None:
-        assert self.popen is not None
-        deadline = deadline_in(timeout)
-        while True:
-            if self.popen.poll() is not None:
-                raise PointFailed(f"strace exited with status {self.popen.returncode}: {self._stderr_tail()}")
-            tasks = [t for pid in pids for t in _tasks(pid)]
-            untraced = [t for t in tasks if _tracer(*t) not in (self.popen.pid, None)]
-            if tasks and not untraced:
-                self.processes, self.threads = len(pids), len(tasks)
-                return
-            if remaining(deadline) <= 0:
-                raise PointFailed(
-                    f"strace did not attach to {len(untraced)} of {len(tasks)} threads in {timeout:.0f} s"
-                )
-            time.sleep(0.01)
-
-    def detach(self, timeout: float = DETACH_TIMEOUT_S) -> str:
-        """SIGINT strace (it detaches from everything and writes its table); returns the table."""
-        if self.popen is None:
-            return ""
-        if self.popen.poll() is None:
-            try:
-                self.popen.send_signal(signal.SIGINT)
-                self.popen.wait(timeout=timeout)
-            except ProcessLookupError:
-                pass
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
-                raise PointFailed(f"strace did not detach within {timeout:.0f} s") from None
-        stderr = self._stderr_tail()
-        if self.popen.stderr is not None:
-            self.popen.stderr.close()
-        try:
-            return self.output.read_text()
-        except OSError as exc:
-            raise PointFailed(f"strace wrote no summary ({exc.strerror}); stderr: {stderr}") from None
-
-    def _stderr_tail(self) -> str:
-        assert self.popen is not None
-        if self.popen.poll() is None or self.popen.stderr is None or self.popen.stderr.closed:
-            return "no output on stderr"
-        lines = [line.strip() for line in self.popen.stderr.read().splitlines() if line.strip()]
-        return lines[-1] if lines else "no output on stderr"
-
-    def stop(self) -> None:
-        """Detach if still attached, whatever state we are in; the summary is not needed."""
-        if self.popen is None or self.popen.poll() is not None:
-            return
-        try:
-            self.detach(timeout=5.0)
-        except PointFailed:
-            pass
-
-
-def _tasks(pid: int) -> list[tuple[int, int]]:
-    try:
-        return [(pid, int(t)) for t in os.listdir(f"/proc/{pid}/task")]
-    except OSError:
-        return []
-
-
-def _tracer(pid: int, tid: int) -> int | None:
-    """The thread's tracer PID (0: none), or None when the thread is gone and needs none."""
-    try:
-        with open(f"/proc/{pid}/task/{tid}/status") as fh:
-            for line in fh:
-                if line.startswith("TracerPid:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-try:
-    _prctl = ctypes.CDLL(None, use_errno=True).prctl
-except (OSError, AttributeError):
-    _prctl = None
-
-
-def _detach_if_parent_dies() -> None:
-    # Runs in the forked child before exec: if bench dies (even by SIGKILL), strace gets
-    # SIGTERM, detaches and lets the server go on to be stopped by its own die-with-parent.
-    if _prctl is not None:
-        _prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
-
-
 def profile_model(model: str, config: ProfileConfig, strace: str, out_dir: Path) -> ModelProfile:
     """Trace one model for one window; a failure becomes the profile's status and reason."""
     from bench.point import PointSpec
@@ -334,7 +204,7 @@ def profile_model(model: str, config: ProfileConfig, strace: str, out_dir: Path)
         profile.status, profile.reason = STATUS_SKIPPED, blocker
         return profile
     server = ServerUnderTest(model, config.pinning.server)
-    tracer = StraceAttachment(strace, out_dir / f"{model}.txt", config.pinning.server)
+    tracer = StraceAttachment(strace, out_dir / f"{model}.txt", config.pinning.server, ["-c", "-S", "calls"])
     load: LoadEngine | None = None
     paused: list[int] = []
     try:
@@ -347,7 +217,7 @@ def profile_model(model: str, config: ProfileConfig, strace: str, out_dir: Path)
         # A client's connect() returns once the kernel queued it; a model that accepts lazily
         # (fork: one fork per accept) must have made its processes before strace attaches, or
         # set-up would be counted as per-request work and the new children's calls missed.
-        _wait_accepted(server, config.connections, config.ready_timeout_s)
+        wait_accepted(server, config.connections, config.ready_timeout_s)
         tracer.attach(server.pid)
         profile.traced_processes, profile.traced_threads = tracer.processes, tracer.threads
         attached_at = time.monotonic()
@@ -428,7 +298,9 @@ def _signal_all(pids: list[int], signum: int) -> list[int]:
     return done
 
 
-def _wait_accepted(server: ServerUnderTest, connections: int, timeout: float) -> None:
+def wait_accepted(server: ServerUnderTest, connections: int, timeout: float) -> None:
+    """Return once the server's process tree holds `connections` established connections on its
+    port (accepted, not merely queued); raises PointFailed if it dies or the timeout (s) passes."""
     deadline = deadline_in(timeout)
     while True:
         if (reason := server.failure()) is not None:
@@ -521,7 +393,7 @@ def run_profile(
         **new_run_meta(run_id),
         "config": config.as_dict(),
         "method": METHOD_NOTE,
-        "strace": {"path": strace, "version": _strace_version(strace)},
+        "strace": {"path": strace, "version": strace_version(strace)},
         "models": [registry.describe(m).as_dict() for m in config.models],
         "host": describe_host(),
         "profiles": [],
@@ -540,14 +412,6 @@ def run_profile(
             if on_model is not None:
                 on_model(profile)
     return run_dir, profiles
-
-
-def _strace_version(strace: str) -> str:
-    try:
-        out = subprocess.run([strace, "-V"], capture_output=True, text=True, timeout=5).stdout
-    except (OSError, subprocess.SubprocessError):
-        return ""
-    return out.splitlines()[0].strip() if out else ""
 
 
 def _write_header(path: Path) -> None:
@@ -636,14 +500,10 @@ def add_profile_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
         help="count each model's system calls per request with strace -c",
         description="Run each model briefly under `strace -c -f` and record system calls per request.",
     )
-    parser.add_argument("--models", default="all", help="comma-separated model names, or 'all' (default)")
+    add_traced_run_options(parser, "the load workers")
     parser.add_argument("--connections", type=int, default=50, help="closed-loop connections (default 50)")
     parser.add_argument("--payload", type=int, default=64, help="bytes per request (default 64)")
     parser.add_argument("--duration", type=float, default=2.0, help="traced window per model, seconds (default 2)")
-    parser.add_argument("--out", default=os.environ.get("BENCH_RESULTS", "results"), help="results directory")
-    parser.add_argument("--ready-timeout", type=float, default=15.0, help="seconds a server may take to listen")
-    parser.add_argument("--server-cpus", default="", help="CPUs for the server and strace (default: first half)")
-    parser.add_argument("--client-cpus", default="", help="CPUs for the load workers (default: the rest)")
     parser.add_argument(
         "--engine", choices=["c", "python"], default=None, help="load engine (default: c where it can be built)"
     )
@@ -652,21 +512,13 @@ def add_profile_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
 
 
 def _config(args: argparse.Namespace) -> ProfileConfig:
-    models, unavailable = select_models(args.models)
-    if not models:
-        raise UsageError("no model is available on this host (see `bench models`)")
+    models, unavailable, pinning = traced_run_choices(args)
     if args.connections < 1:
         raise UsageError(f"--connections must be >= 1, got {args.connections}")
     if args.payload < 1:
         raise UsageError(f"--payload must be >= 1, got {args.payload}")
     if not math.isfinite(args.duration) or args.duration <= 2 * DETACH_MARGIN_S:
         raise UsageError(f"--duration must be > {2 * DETACH_MARGIN_S:g} s, got {args.duration}")
-    if bool(args.server_cpus) != bool(args.client_cpus):
-        raise UsageError("--server-cpus and --client-cpus go together")
-    try:
-        pinning = parse_pinning(args.server_cpus, args.client_cpus) if args.server_cpus else default_pinning()
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
     engine, warnings = choose_engine(args.engine)
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
@@ -684,7 +536,10 @@ def _config(args: argparse.Namespace) -> ProfileConfig:
 
 
 @contextmanager
-def _harness_context(client_cpus: tuple[int, ...]) -> Iterator[None]:
+def harness_context(client_cpus: tuple[int, ...]) -> Iterator[None]:
+    """The harness process on the client's CPUs, with SIGTERM raising KeyboardInterrupt, for the
+    body; both put back afterwards."""
+
     # As in `bench run`: the harness sits beside the load workers, off the server's CPUs, and
     # SIGTERM takes Ctrl-C's path so strace is detached and every child stopped. Both are put
     # back afterwards, so a caller in the same process (a test) is left as it was.
@@ -704,14 +559,9 @@ def _harness_context(client_cpus: tuple[int, ...]) -> Iterator[None]:
 def cmd_profile(args: argparse.Namespace) -> int:
     """`bench profile`: 0 when the run completed (a failed model is data, as in `bench run`),
     130 if interrupted; raises UsageError (exit 2 via bench.cli.main) on bad options or without strace."""
-    strace = find_strace()
-    if strace is None:
-        raise UsageError("strace not found on PATH; `bench profile` needs it (e.g. apt-get install strace)")
     config = _config(args)
-    try:
-        config.out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"cannot create --out {args.out}: {exc.strerror}") from None
+    strace = require_strace("bench profile")
+    create_results_dir(config.out)
 
     def progress(p: ModelProfile) -> None:
         detail = f"{p.requests:,} requests traced" if p.status == STATUS_OK else p.reason
@@ -720,7 +570,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from bench.report import render_report
 
     run_dir = RunDirectory.create(config.out, new_run_id())
-    with _harness_context(config.pinning.client):
+    with harness_context(config.pinning.client):
         try:
             _, profiles = run_profile(config, strace, on_model=progress, run_dir=run_dir)
         except KeyboardInterrupt:

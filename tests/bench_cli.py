@@ -59,3 +59,11 @@ def kill_leftovers(popen: subprocess.Popen, procs: Iterable[psutil.Process] = ()
     for proc in procs:
         if proc.is_running():
             proc.kill()
+
+
+def alive(proc: psutil.Process) -> bool:
+    """Still running, and not a zombie waiting for its parent."""
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False

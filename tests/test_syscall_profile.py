@@ -19,7 +19,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from bench_cli import TESTS_DIR, only_run_dir
+from bench_cli import TESTS_DIR, alive, only_run_dir
 from faulty_models import EXTRA_MODELS
 
 from bench.errors import UsageError
@@ -202,13 +202,6 @@ def tracing(children: list[psutil.Process]) -> bool:
         except psutil.Error:
             continue
     return False
-
-
-def alive(proc: psutil.Process) -> bool:
-    try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
 
 
 @pytest.mark.timeout(60)

@@ -1,0 +1,129 @@
+"""Reading `strace -f -ttt -T -o FILE` output: one record per system call, with its thread, its
+entry time on the wall clock and its duration.
+
+Line shapes (strace(1), "-f", "-ttt", "-T"; strace 6.x):
+
+    PID  SECONDS.USEC name(args) = result <DURATION>
+    PID  SECONDS.USEC name(args <unfinished ...>           the call blocked while another
+    PID  SECONDS.USEC <... name resumed>args) = result <D>  thread's call was printed
+    PID  SECONDS.USEC restart_syscall(<... resuming interrupted X ...>) = result <D>
+    PID  SECONDS.USEC name(args <detached ...>              still in the call when strace left
+    PID  SECONDS.USEC --- SIGNAME {siginfo} ---             a signal delivered
+    PID  SECONDS.USEC +++ exited with N +++
+
+The time on a line is when strace saw the call enter (for a resumed line: when it returned), in
+CLOCK_REALTIME, the clock `time.time()` reads, so a client's own timestamps share the axis.
+A call's end is its entry time plus its -T duration (the kernel's time in the call).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+_LINE = re.compile(r"^(?P<tid>\d+)\s+(?P<ts>\d+\.\d+)\s+(?P<body>.*)$")
+_UNFINISHED = re.compile(r"^(?P<name>\w+)\((?P<args>.*?)\s*<unfinished \.\.\.>$")
+_RESUMED = re.compile(r"^<\.\.\. (?P<name>\w+) resumed>(?P<rest>.*)$")
+_DETACHED = re.compile(r"^(?P<name>\w+)\((?P<args>.*?)\s*<detached \.\.\.>$")
+_COMPLETE = re.compile(r"^(?P<name>\w+)\((?P<args>.*)$")
+# ") = RESULT <DURATION>" at the end of a finished call; RESULT may be "?" (no return value).
+_RESULT = re.compile(r"\)\s+=\s+(?P<result>.*?)(?:\s+<(?P<duration>\d+\.\d+)>)?$")
+_ERRNO = re.compile(r"^-1 (?P<errno>E[A-Z0-9]+)\b")
+_SIGNAL = re.compile(r"^--- (?P<signal>SIG\w+) (?P<info>.*) ---$")
+
+
+@dataclass(frozen=True)
+class TracedCall:
+    """One system call of one thread. Times in seconds on CLOCK_REALTIME (s since the epoch);
+    `duration` is strace -T's time in the kernel (s). `retval` is the integer result (None for
+    '?' or a call still running at detach); `errno` the error name of a failed call."""
+
+    tid: int
+    name: str
+    start: float
+    duration: float
+    result: str
+    retval: int | None
+    errno: str | None
+    args: str
+    finished: bool = True
+
+    @property
+    def end(self) -> float:
+        return self.start + self.duration
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TracedCall:
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class TracedSignal:
+    """A signal strace saw delivered to a thread (s on CLOCK_REALTIME)."""
+
+    tid: int
+    name: str
+    time: float
+
+
+def parse_trace(text: str) -> tuple[list[TracedCall], list[TracedSignal]]:
+    """Every complete call (an unfinished one joined with its resumption) and every delivered
+    signal, in entry order. A call strace left unfinished at detach is kept with
+    `finished=False` and its duration up to the last time the trace saw. Lines that are none of
+    the shapes above (exits, strace's own notes) are skipped."""
+    calls: list[TracedCall] = []
+    signals: list[TracedSignal] = []
+    pending: dict[int, tuple[str, float, str]] = {}
+    last_seen = 0.0
+    for line in text.splitlines():
+        m = _LINE.match(line.strip())
+        if m is None:
+            continue
+        tid, ts, body = int(m["tid"]), float(m["ts"]), m["body"].strip()
+        last_seen = max(last_seen, ts)
+        if (u := _UNFINISHED.match(body)) is not None:
+            pending[tid] = (u["name"], ts, u["args"])
+        elif (r := _RESUMED.match(body)) is not None:
+            name, start, args = pending.pop(tid, (r["name"], ts, ""))
+            if (call := _finished(tid, name, start, f"{args} {r['rest']}".strip())) is not None:
+                calls.append(call)
+        elif (d := _DETACHED.match(body)) is not None:
+            pending[tid] = (d["name"], ts, d["args"])
+        elif (s := _SIGNAL.match(body)) is not None:
+            signals.append(TracedSignal(tid, s["signal"], ts))
+        elif body.startswith(("+++", "---")):
+            continue
+        elif (c := _COMPLETE.match(body)) is not None and (call := _finished(tid, c["name"], ts, c["args"])):
+            calls.append(call)
+    for tid, (name, start, args) in pending.items():
+        calls.append(TracedCall(tid, name, start, max(0.0, last_seen - start), "?", None, None, args, False))
+    calls.sort(key=lambda c: (c.start, c.tid))
+    return calls, signals
+
+
+def _finished(tid: int, name: str, start: float, rest: str) -> TracedCall | None:
+    r = _RESULT.search(rest)
+    if r is None:
+        return None
+    result = r["result"].strip()
+    duration = float(r["duration"]) if r["duration"] else 0.0
+    args = rest[: r.start()]
+    if name == "restart_syscall":
+        # The call the tracee was blocked in when strace attached, restarted by the kernel;
+        # strace's guess at its name ("resuming interrupted X") is not reliable, so it stays
+        # restart_syscall.
+        args = ""
+    errno = e["errno"] if (e := _ERRNO.match(result)) else None
+    return TracedCall(tid, name, start, duration, result, _int_result(result), errno, args)
+
+
+def _int_result(result: str) -> int | None:
+    head = result.split(" ", 1)[0]
+    try:
+        return int(head, 0)
+    except ValueError:
+        return None
