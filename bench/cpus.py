@@ -32,7 +32,7 @@ def default_pinning(available: set[int] | None = None) -> Pinning:
 
 
 def parse_pinning(server: str, client: str) -> Pinning:
-    from bench.child import parse_cpus
+    from childproc import parse_cpus
 
     allowed = os.sched_getaffinity(0)
     s, c = parse_cpus(server), parse_cpus(client)

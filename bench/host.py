@@ -22,7 +22,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench.child import parse_cpus
+from childproc import parse_cpus
 
 PACKAGES = ("psutil", "pandas", "matplotlib", "hdrhistogram", "uvloop", "rich", "jinja2", "locust", "gevent")
 

@@ -228,7 +228,7 @@ class CrossPeer:
 
 def _peer(port: int, cpu: int) -> int:
     """The echo process of CrossPeer: pinned to `cpu`, echo every byte until EOF."""
-    from bench.child import die_with_parent
+    from childproc import die_with_parent
 
     die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -17,10 +17,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.child import format_cpus
 from bench.errors import PointFailed
 from bench.pipes import MessageReader, deadline_in, remaining
 from bench.processes import spawn, terminate_tree
+from childproc import format_cpus
 from loadgen import control
 from loadgen.histogram import fold_counts, merge
 from loadgen.source_addresses import CHURN_ADDRESSES, addresses_needed

@@ -44,11 +44,11 @@ from collections import Counter
 from pathlib import Path
 from typing import IO, Any
 
-from bench.child import format_cpus
 from bench.errors import PointFailed
 from bench.load_workers import MAX_CONNECTIONS_PER_WORKER, ConnectPhase, LoadPlan, LoadResult
 from bench.pipes import MessageReader, deadline_in, remaining
 from bench.processes import terminate_tree
+from childproc import format_cpus
 from loadgen import control
 from loadgen.histogram import encode, new_histogram
 

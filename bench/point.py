@@ -14,7 +14,6 @@ from typing import Any
 
 from bench import shed, stability, tcp_counters
 from bench.accept_queue import wait_accepted
-from bench.child import format_cpus
 from bench.columns import STATUS_FAILED, STATUS_OK, STATUS_SKIPPED
 from bench.cpus import Pinning
 from bench.engines import LoadEngine, engine_class, make_engine
@@ -25,6 +24,7 @@ from bench.preflight import preflight
 from bench.results_store import now_iso
 from bench.sampler import TreeSample, TreeSampler, WindowUsage, kernel_slab_bytes, sample_tree
 from bench.server_control import ExternalServer, ServerUnderTest
+from childproc import format_cpus
 from loadgen.histogram import encode, merge, summarize
 from servers.base import DEFAULT_BACKLOG
 

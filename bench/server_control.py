@@ -6,11 +6,11 @@ from __future__ import annotations
 import socket
 import subprocess
 
-from bench.child import format_cpus
 from bench.errors import PointFailed
 from bench.pipes import MessageReader, deadline_in, remaining
 from bench.processes import spawn_python, terminate_tree
 from bench.shed import ShedTally
+from childproc import format_cpus
 
 
 class ServerUnderTest:

@@ -1,6 +1,6 @@
 """`bench profile`: the system calls each I/O model makes per request, counted by `strace -c`.
 
-The seed's claims made visible: a blocking server pays recv+send per request, select adds a
+The I/O models' textbook claims made visible: a blocking server pays recv+send per request, select adds a
 select() call, a non-blocking server without a multiplexer pays many failed recv() calls,
 io_uring pays io_uring_enter and no recv/send at all.
 

@@ -9,7 +9,7 @@ import argparse
 import socket
 import sys
 
-from bench.child import die_with_parent, parse_cpus, pin_to_cpus
+from childproc import die_with_parent, parse_cpus, pin_to_cpus
 from loadgen import control
 from loadgen.churn import run_churn
 from loadgen.connect import ConnectResult, open_connections

@@ -28,7 +28,7 @@ if _ROOT not in sys.path:
 
 import gevent  # noqa: E402
 
-from bench.child import die_with_parent, parse_cpus, pin_to_cpus  # noqa: E402
+from childproc import die_with_parent, parse_cpus, pin_to_cpus  # noqa: E402
 from loadgen import locust_window  # noqa: E402, F401 - registers the bench's listeners
 from loadgen.locust_user import EchoUser  # noqa: E402, F401 - the user class Locust runs
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench.child import die_with_parent, parse_cpus, pin_to_cpus
+from childproc import die_with_parent, parse_cpus, pin_to_cpus
 from servers import registry
 from servers.base import DEFAULT_BACKLOG, ServerOptions, emit
 

@@ -168,7 +168,7 @@ class EchoServer(abc.ABC):
         if pid:
             self.worker_pids.append(pid)
             return
-        from bench.child import die_with_parent
+        from childproc import die_with_parent
 
         die_with_parent()
         self.worker_pids = []

@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from bench.child import PR_SET_PDEATHSIG
+from childproc import PR_SET_PDEATHSIG
 from servers.base import EchoServer, ServerOptions, emit
 from servers.connection import HIGH_WATER
 from servers.shedding import LEDGER, AcceptGate, errno_name

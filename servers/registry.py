@@ -71,7 +71,7 @@ def load(name: str) -> type[EchoServer]:
 
 
 def category(name: str) -> str | None:
-    """The model's seed category (its class attribute), without checking that it can run here
+    """The model's I/O model in Stevens' terms (UNP §6.2; its class attribute `category`), without checking that it can run here
     (native's check builds it); None for a name the registry does not know or cannot import."""
     try:
         return load(name).category

@@ -36,7 +36,7 @@ from servers import registry
 pytestmark = pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
 
 ROOT = Path(__file__).resolve().parent.parent
-# The models whose syscall patterns the seed describes; any that cannot run here is left out.
+# The models whose syscall patterns the textbook describes; any that cannot run here is left out.
 CLAIMED = [m for m in ("epoll", "select", "threads", "nonblocking", "io_uring") if registry.describe(m).available]
 
 

@@ -1,6 +1,8 @@
 """What every process the harness starts does first: pin itself, and die with the harness.
 
-Kept free of heavy imports: servers and load workers import it at start-up.
+Below bench, servers and loadgen, which all import it (and it imports none of them), so that a
+server or a load worker never depends on the harness above it. Kept free of heavy imports:
+servers and load workers import it at start-up.
 """
 
 from __future__ import annotations
@@ -37,9 +39,11 @@ def parse_cpus(text: str) -> set[int]:
 
 
 def format_cpus(cpus: set[int] | list[int]) -> str:
+    """{0, 2, 3} -> '0,2,3' (the form parse_cpus reads)."""
     return ",".join(str(c) for c in sorted(cpus))
 
 
 def pin_to_cpus(cpus: set[int] | None) -> None:
+    """Pin this process to `cpus` (sched_setaffinity(2)); None or empty leaves it as it is."""
     if cpus:
         os.sched_setaffinity(0, cpus)
