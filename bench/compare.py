@@ -32,17 +32,14 @@ from bench.host import flatten_host, show_value
 from bench.results_store import POINTS_FILE, RUN_FILE, STATUS_ABANDONED, effective_status
 from bench.wording import and_list
 
-# numpy, pandas (and bench.statistics, which needs pandas) are imported inside the functions that
-# use them: `bench` builds every subcommand's parser on each start, and they would add ~0.6 s to
-# `bench models` and `bench --help`.
+# numpy, pandas, scipy (and bench.statistics, which needs pandas) are imported inside the functions
+# that use them: `bench` builds every subcommand's parser on each start, and they would add ~0.6 s
+# (scipy.stats another ~0.6 s) to `bench models` and `bench --help`.
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
 ALPHA = 0.05
-# Up to this many repeats in total the exact distribution of U is cheap and fits in int64
-# (C(40, 20) ~ 1.4e11); beyond it the normal approximation is already close.
-EXACT_MAX_TOTAL = 40
 COMPARE_FILE = "compare.html"
 TERMINAL_HOST_FIELDS = 12
 NOT_RECORDED = "(not recorded)"
@@ -101,95 +98,66 @@ BETTER, WORSE, NOT_SIGNIFICANT, TOO_FEW, MISSING = "better", "worse", "ns", "few
 # ---------------------------------------------------------------- statistics
 
 
-def rank_average(values: np.ndarray) -> np.ndarray:
-    """Ranks 1..n, tied values sharing the mean of their ranks."""
-    import numpy as np
+def mann_whitney_u(a: Sequence[float], b: Sequence[float], method: str = "auto") -> tuple[float, float]:
+    """Two-sided Mann-Whitney U test of a against b: scipy.stats.mannwhitneyu(b, a), whose
+    documentation gives the method and its references. Returns (U of b, p): U of b counts the
+    pairs where b's value is the larger (ties count half), so U > len(a)*len(b)/2 means b tends
+    higher; p is the two-sided p-value.
 
-    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
-    last_rank = np.cumsum(counts)
-    return (last_rank - (counts - 1) / 2)[inverse]
+    `method` is scipy's: "auto" takes the exact distribution of U when there are no ties and one
+    sample has at most 8 values, otherwise "asymptotic", the normal approximation with tie and
+    continuity corrections. Forcing "exact" on tied values is refused here (scipy would allow it):
+    the exact distribution assumes distinct values and makes no correction for ties.
+    """
+    import numpy as np
+    from scipy.stats import mannwhitneyu
+
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if x.size == 0 or y.size == 0:
+        raise ValueError("both samples need at least one value")
+    if method not in ("auto", "exact", "asymptotic"):
+        raise ValueError(f"unknown method {method!r}")
+    if method == "exact" and np.unique(np.concatenate([x, y])).size < x.size + y.size:
+        raise ValueError("the exact test needs distinct values")
+    result = mannwhitneyu(y, x, alternative="two-sided", method=method)
+    return float(result.statistic), float(result.pvalue)
 
 
 @cache
-def _u_counts(m: int, n: int) -> np.ndarray:
-    """How many orderings of m + n distinct values give each U = 0 .. m*n (U = pairs x > y).
-
-    The largest value is either an x (beating all n y's) or a y, hence the recurrence.
-    """
-    import numpy as np
-
-    if m == 0 or n == 0:
-        return np.ones(1, dtype=np.int64)
-    counts = np.zeros(m * n + 1, dtype=np.int64)
-    top_x = _u_counts(m - 1, n)
-    counts[n : n + top_x.size] += top_x
-    top_y = _u_counts(m, n - 1)
-    counts[: top_y.size] += top_y
-    return counts
-
-
-def mann_whitney_u(a: Sequence[float], b: Sequence[float], method: str = "auto") -> tuple[float, float]:
-    """Two-sided Mann-Whitney U test. Returns (U of b, p), U of b counting the pairs where b's
-    value is the larger (ties count half), so U > len(a)*len(b)/2 means b tends higher.
-
-    Exact when there are no ties and few values, otherwise the normal approximation with tie and
-    continuity corrections (as scipy.stats.mannwhitneyu does). `method` forces "exact" or
-    "asymptotic"; exact with ties is not offered, as its distribution assumes distinct values.
-    """
-    import numpy as np
-
-    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    m, n = x.size, y.size
-    if m == 0 or n == 0:
-        raise ValueError("both samples need at least one value")
-    ranks = rank_average(np.concatenate([x, y]))
-    u_b = float(ranks[m:].sum() - n * (n + 1) / 2)
-    _, tie_sizes = np.unique(np.concatenate([x, y]), return_counts=True)
-    has_ties = bool((tie_sizes > 1).any())
-    if method not in ("auto", "exact", "asymptotic"):
-        raise ValueError(f"unknown method {method!r}")
-    if method == "exact" and (has_ties or m + n > EXACT_MAX_TOTAL):
-        raise ValueError(f"the exact test needs distinct values and at most {EXACT_MAX_TOTAL} of them")
-    if method == "exact" or (method == "auto" and not has_ties and m + n <= EXACT_MAX_TOTAL):
-        counts = _u_counts(m, n)
-        tail = counts[: int(min(u_b, m * n - u_b)) + 1].sum()
-        return u_b, min(1.0, 2 * float(tail) / float(counts.sum()))
-    total = m + n
-    tie_term = float((tie_sizes.astype(float) ** 3 - tie_sizes).sum())
-    variance = m * n / 12 * ((total + 1) - tie_term / (total * (total - 1)))
-    if variance <= 0:
-        # Every value the same: nothing distinguishes the samples.
-        return u_b, 1.0
-    z = max(abs(u_b - m * n / 2) - 0.5, 0.0) / math.sqrt(variance)
-    return u_b, min(1.0, math.erfc(z / math.sqrt(2)))
-
-
 def smallest_p(m: int, n: int) -> float:
-    """The smallest two-sided p the U test can give with m and n values (all of b above all of a)."""
-    return min(1.0, 2 / math.comb(m + n, m))
+    """The smallest two-sided p the exact U test can give with m and n values: the p of a
+    complete separation (all of b above all of a), from scipy.stats.mannwhitneyu's exact
+    distribution; 2 / C(m + n, m), at most 1."""
+    import numpy as np
+    from scipy.stats import mannwhitneyu
+
+    if m < 1 or n < 1:
+        raise ValueError("both samples need at least one value")
+    a, b = np.arange(m), np.arange(m, m + n)
+    return float(mannwhitneyu(b, a, alternative="two-sided", method="exact").pvalue)
 
 
 def ratio_ci(a: Sequence[float], b: Sequence[float], seed: int = 0) -> tuple[float | None, float | None]:
-    """Percentile-bootstrap interval of median(b) / median(a), resampling each run's repeats on its
-    own; None when either side has fewer than two values (one value has no spread to resample)."""
+    """Percentile-bootstrap interval (95%, 2000 resamples: bench.statistics.CONFIDENCE and
+    BOOTSTRAP_RESAMPLES) of median(b) / median(a), a ratio without unit: scipy.stats.bootstrap
+    with the ratio as a two-sample statistic, each run's repeats resampled on their own
+    (paired=False), seeded with `seed` (bench.statistics.bootstrap_interval, which says why the
+    percentile interval and not BCa). None when either side has fewer than two values (one value
+    has no spread to resample), or when some resamples have no ratio (a median of a of 0) so
+    that the interval is not finite."""
     import numpy as np
 
-    from bench.statistics import BOOTSTRAP_RESAMPLES, CONFIDENCE
+    from bench.statistics import bootstrap_interval
 
     x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if x.size < 2 or y.size < 2:
         return None, None
-    rng = np.random.default_rng(seed)
-    med_a = np.median(rng.choice(x, size=(BOOTSTRAP_RESAMPLES, x.size)), axis=1)
-    med_b = np.median(rng.choice(y, size=(BOOTSTRAP_RESAMPLES, y.size)), axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratios = med_b / med_a
-    ratios = ratios[np.isfinite(ratios)]
-    if ratios.size < BOOTSTRAP_RESAMPLES / 2:
-        return None, None
-    tail = (1 - CONFIDENCE) / 2 * 100
-    low, high = np.percentile(ratios, [tail, 100 - tail])
-    return float(low), float(high)
+
+    def median_ratio(xs: np.ndarray, ys: np.ndarray, axis: int = -1) -> np.ndarray:
+        return np.median(ys, axis=axis) / np.median(xs, axis=axis)
+
+    interval = bootstrap_interval((x, y), median_ratio, seed)
+    return interval if interval else (None, None)
 
 
 @dataclass(frozen=True)

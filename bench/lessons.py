@@ -111,20 +111,26 @@ def bin_counts(timeline: dict[str, Any] | None) -> np.ndarray:
 
 
 def bins_ratio(a: np.ndarray, b: np.ndarray, seed: int = 0) -> tuple[float, float, float] | None:
-    """Mean of `a` over mean of `b` (completions per bin of equal length) with a percentile
-    bootstrap 95% CI, each point's bins resampled on their own; None with fewer than five bins
-    a side (bench.stability.MIN_BINS) or an empty `b`. Consecutive bins are correlated, so the
-    interval is narrower than independent samples would give: it speaks for the noise inside
-    the two windows only."""
+    """Mean of `a` over mean of `b` (completions per bin of equal length, so a ratio of req/s)
+    with a percentile-bootstrap 95% CI: scipy.stats.bootstrap through
+    bench.statistics.bootstrap_interval, each point's bins resampled on their own (paired=False),
+    BOOTSTRAP_RESAMPLES resamples seeded with `seed`. None with fewer than five bins a side
+    (bench.stability.MIN_BINS) or an empty `b`, and when resamples of `b` with no completions at
+    all leave the interval unbounded. Consecutive bins are correlated, so the interval is
+    narrower than independent samples would give: it speaks for the noise inside the two windows
+    only."""
+    from bench.statistics import bootstrap_interval
+
     if a.size < 5 or b.size < 5 or b.mean() <= 0:
         return None
-    rng = np.random.default_rng(seed)
-    ra = rng.choice(a, size=(BOOTSTRAP_RESAMPLES, a.size)).mean(axis=1)
-    rb = rng.choice(b, size=(BOOTSTRAP_RESAMPLES, b.size)).mean(axis=1)
-    ratios = ra / np.where(rb > 0, rb, np.nan)
-    tail = (1 - CONFIDENCE) / 2 * 100
-    low, high = np.nanpercentile(ratios, [tail, 100 - tail])
-    return float(a.mean() / b.mean()), float(low), float(high)
+
+    def mean_ratio(xs: np.ndarray, ys: np.ndarray, axis: int = -1) -> np.ndarray:
+        return np.mean(xs, axis=axis) / np.mean(ys, axis=axis)
+
+    interval = bootstrap_interval((a, b), mean_ratio, seed, resamples=BOOTSTRAP_RESAMPLES, confidence=CONFIDENCE)
+    if interval is None:
+        return None
+    return float(a.mean() / b.mean()), *interval
 
 
 def contrast(

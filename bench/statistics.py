@@ -7,6 +7,8 @@ repeats; these numbers say how much one would believe a difference between two m
 from __future__ import annotations
 
 import math
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,22 +36,62 @@ class Estimate:
     n: int
 
 
+def bootstrap_interval(
+    samples: tuple[np.ndarray, ...],
+    statistic: Callable[..., np.ndarray],
+    seed: int = 0,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    confidence: float = CONFIDENCE,
+) -> tuple[float, float] | None:
+    """Percentile-bootstrap interval of statistic(*samples), in the statistic's unit:
+    scipy.stats.bootstrap with method="percentile", each sample resampled on its own
+    (paired=False), `resamples` resamples from numpy's default_rng(seed), so the same values
+    always give the same interval. The percentile interval is the one of Efron & Tibshirani, An
+    Introduction to the Bootstrap (1993), ch. 13: the (1 - confidence)/2 and (1 + confidence)/2
+    quantiles of the statistic over the resamples. `statistic` takes the samples and an `axis`
+    keyword (vectorized). None when the interval is not finite: some resamples have no value of
+    the statistic (a ratio over a resample whose denominator is 0).
+
+    Not scipy's default, BCa: over the 2-5 repeats of a run, a median's bootstrap distribution
+    takes a handful of values, on which BCa's bias correction and jackknife acceleration
+    degenerate (NaN with a DegenerateDataWarning for constant data), where the percentile
+    interval of constant data is [v, v]. Each sample needs at least two values (scipy's rule).
+    The seed goes to scipy's `rng` keyword (scipy >= 1.15; `random_state` is its legacy name)."""
+    from scipy.stats import DegenerateDataWarning, bootstrap
+
+    with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
+        # A NaN bound (a 0/0 ratio among the resamples) is answered below with None.
+        warnings.simplefilter("ignore", DegenerateDataWarning)
+        result = bootstrap(
+            samples,
+            statistic,
+            n_resamples=resamples,
+            vectorized=True,
+            paired=False,
+            confidence_level=confidence,
+            method="percentile",
+            rng=np.random.default_rng(seed),
+        )
+    low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
+    return (low, high) if math.isfinite(low) and math.isfinite(high) else None
+
+
 def estimate(values: list[float] | np.ndarray, seed: int = 0) -> Estimate:
-    """Median with a percentile-bootstrap CI of the median; no CI or CV from a single value."""
+    """Median of `values` (in their unit) with a percentile-bootstrap 95% CI of the median
+    (bootstrap_interval: scipy.stats.bootstrap, BOOTSTRAP_RESAMPLES resamples, seeded) and the
+    coefficient of variation (sample standard deviation over mean); no CI or CV from a single
+    value. Identical values give the CI [v, v]."""
     data = np.asarray([v for v in values if v is not None and not np.isnan(v)], dtype=float)
     if data.size == 0:
         return Estimate(float("nan"), None, None, None, 0)
     median = float(np.median(data))
     if data.size < 2:
         return Estimate(median, None, None, None, 1)
-    rng = np.random.default_rng(seed)
-    samples = rng.choice(data, size=(BOOTSTRAP_RESAMPLES, data.size), replace=True)
-    medians = np.median(samples, axis=1)
-    tail = (1 - CONFIDENCE) / 2 * 100
-    low, high = np.percentile(medians, [tail, 100 - tail])
+    interval = bootstrap_interval((data,), np.median, seed)
+    low, high = interval if interval else (None, None)
     mean = float(np.mean(data))
     cv = float(np.std(data, ddof=1) / mean) if mean else None
-    return Estimate(median, float(low), float(high), cv, int(data.size))
+    return Estimate(median, low, high, cv, int(data.size))
 
 
 def per_repeat(rows: pd.DataFrame, metric: str) -> pd.Series:

@@ -135,19 +135,33 @@ def test_mann_whitney_matches_scipy_reference_values():
     assert compare.mann_whitney_u([1, 2, 3, 4, 5], [6, 7, 8, 9, 10])[1] == pytest.approx(2 / 252)
     assert compare.mann_whitney_u([1, 2, 3], [4, 5, 6])[1] == pytest.approx(0.1) == compare.smallest_p(3, 3)
     assert compare.mann_whitney_u([5, 5, 5], [5, 5, 5]) == (4.5, 1.0)
-    assert list(compare.rank_average(np.array([3.0, 1.0, 2.0, 2.0]))) == [4.0, 1.0, 2.5, 2.5]
+    # U counts the pairs where b is the larger, a tie as half: 3 > 1, 2, 2 and 2 > 1 with two ties.
+    assert compare.mann_whitney_u([1, 2, 2], [2, 3])[0] == 5.0
+    assert compare.mann_whitney_u([2, 3], [1, 2, 2])[0] == 1.0  # the other side's: 2 * 3 - 5
+    # The exact distribution assumes distinct values: not offered with ties, nor an unknown method.
+    with pytest.raises(ValueError, match="distinct"):
+        compare.mann_whitney_u([1, 2, 2], [2, 3], method="exact")
+    with pytest.raises(ValueError, match="unknown method"):
+        compare.mann_whitney_u([1, 2], [3, 4], method="permutation")
+    with pytest.raises(ValueError, match="at least one value"):
+        compare.mann_whitney_u([], [3, 4])
 
 
-def test_exact_distribution_and_normal_approximation_agree():
-    for m, n in [(1, 1), (3, 4), (7, 5), (10, 10)]:
-        counts = compare._u_counts(m, n)
-        assert counts.sum() == math.comb(m + n, m)
-        assert list(counts) == list(counts[::-1])  # symmetric about mn/2
+def test_smallest_p_is_that_of_a_complete_separation_and_exact_agrees_with_the_normal_approximation():
+    for m, n in [(1, 1), (2, 5), (3, 4), (5, 5), (7, 5), (10, 10)]:
+        # Two of the C(m + n, m) equally likely orderings (all of b above, or all below) are as extreme.
+        assert compare.smallest_p(m, n) == pytest.approx(min(1.0, 2 / math.comb(m + n, m)))
+        a, b = list(range(m)), list(range(m, m + n))
+        assert compare.mann_whitney_u(a, b, method="exact") == (m * n, pytest.approx(compare.smallest_p(m, n)))
     rng = np.random.default_rng(7)
     x, y = rng.normal(0, 1, 15), rng.normal(0.6, 1, 15)
     exact = compare.mann_whitney_u(x, y, method="exact")[1]
     approx = compare.mann_whitney_u(x, y, method="asymptotic")[1]
     assert exact == pytest.approx(approx, abs=0.01)
+    # The test is symmetric: swapping the runs swaps U for m*n - U and keeps p.
+    u_xy, p_xy = compare.mann_whitney_u(x, y)
+    u_yx, p_yx = compare.mann_whitney_u(y, x)
+    assert u_xy + u_yx == 15 * 15 and p_xy == pytest.approx(p_yx)
 
 
 def test_ratio_ci_contains_the_true_ratio_and_needs_two_values():
@@ -155,7 +169,15 @@ def test_ratio_ci_contains_the_true_ratio_and_needs_two_values():
     a = 10_000 * rng.lognormal(0, 0.05, 8)
     low, high = compare.ratio_ci(a, a * 1.3)
     assert low is not None and high is not None and low <= 1.3 <= high
+    assert compare.ratio_ci(a, a * 1.3) == (low, high)  # seeded: the same values give the same interval
     assert compare.ratio_ci([1.0], [1.0, 2.0]) == (None, None)
+
+
+def test_ratio_ci_of_constant_runs_is_a_point_and_none_without_a_ratio():
+    # Identical repeats: every resample gives the same ratio (where BCa would give NaN).
+    assert compare.ratio_ci([100.0] * 3, [150.0] * 4) == pytest.approx((1.5, 1.5))
+    # Two of three of a's repeats are 0: 20 of 27 resamples have a median of 0 and no ratio.
+    assert compare.ratio_ci([0.0, 0.0, 1.0], [1.0, 2.0, 3.0]) == (None, None)
 
 
 def test_verdicts_follow_direction_of_metric():

@@ -37,6 +37,11 @@ def test_bins_ratio_is_a_ratio_of_means_with_an_interval_around_it():
     assert ratio == pytest.approx(100 / 51)
     assert low <= ratio <= high and high - low < 0.1
     assert bins_ratio(pd.Series([1.0] * 4).to_numpy(), pd.Series([1.0] * 10).to_numpy()) is None
+    # Seeded: the same bins give the same interval; constant bins give a point, not NaN.
+    assert bins_ratio(pd.Series([100.0] * 10).to_numpy(), pd.Series([50.0, 52.0] * 5).to_numpy()) == (ratio, low, high)
+    assert bins_ratio(pd.Series([100.0] * 10).to_numpy(), pd.Series([50.0] * 10).to_numpy()) == (2.0, 2.0, 2.0)
+    # Nine empty bins of ten: a third of b's resamples hold no completion, the ratio has no upper bound.
+    assert bins_ratio(pd.Series([100.0] * 10).to_numpy(), pd.Series([0.0] * 9 + [10.0]).to_numpy()) is None
 
 
 def test_contrast_uses_repeats_then_bins_then_a_factor():
