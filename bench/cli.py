@@ -9,12 +9,16 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from bench.columns import STATUS_OK
 from bench.cpus import default_pinning, parse_pinning
 from bench.errors import UsageError
 from bench.model_selection import select_models
+
+if TYPE_CHECKING:
+    from bench.live_display import LiveProgress
+    from bench.point import PointSpec
 
 DEFAULT_CONNECTIONS = "10,100,1000,2000"
 # The model column of points driven against --target: the harness does not know what runs there.
@@ -76,9 +80,10 @@ def _backlog(value: int | None) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from bench.engines import choose_engine
+    from bench.live_display import LiveProgress
     from bench.results_store import create_results_dir
     from bench.statistics import default_reference
-    from bench.sweep import RunConfig, run_sweep
+    from bench.sweep import RunConfig, plan, run_sweep
 
     if args.engine != "locust" and (args.locust_workers or args.locust_ui or args.locust_remote_workers):
         raise UsageError("--locust-workers, --locust-ui and --locust-remote-workers apply to --engine locust")
@@ -172,9 +177,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     _stop_on_sigterm()
     create_results_dir(config.out)
-    runner = _Progress()
+    runner = _Progress(LiveProgress(len(plan(config))))
     try:
-        run_dir = run_sweep(config, on_point=runner.point)
+        # Left before the except below prints: the live display is gone by then.
+        with runner.display:
+            run_dir = run_sweep(config, on_point=runner.point, on_phase=runner.phase)
     except KeyboardInterrupt:
         print("interrupted: the points measured so far are kept", file=sys.stderr)
         if runner.run_dir is not None:
@@ -191,8 +198,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 class _Progress:
-    def __init__(self) -> None:
+    """bench run's progress: each point's line, and on a terminal the live display's current
+    point and phase (bench.live_display)."""
+
+    def __init__(self, display: LiveProgress) -> None:
+        from bench.sweep import PHASE_DONE
+
         self.run_dir: Path | None = None
+        self.display = display
+        self.done = PHASE_DONE
 
     def point(self, row: dict, run_path: Path) -> None:
         self.run_dir = run_path
@@ -201,7 +215,19 @@ class _Progress:
             f"{row['rps']:,.0f} req/s, p99 {row['p99_us']:,.0f} us" if status == STATUS_OK else row.get("reason", "")
         )
         again = " (host shifted: measuring again)" if row.get("superseded") else ""
-        print(f"{row['model']:>12} c={row['connections']:<6} r{row['repeat']} {status}: {detail}{again}", flush=True)
+        self.display.line(f"{row['model']:>12} c={row['connections']:<6} r{row['repeat']} {status}: {detail}{again}")
+
+    def phase(self, spec: PointSpec, text: str) -> None:
+        if text == self.done:
+            self.display.advance()
+            return
+        # The point as its line names it, with what sets it apart in a run of several kinds.
+        label = f"{spec.model} c={spec.connections}"
+        if spec.idle:
+            label += f" idle={spec.idle}"
+        if spec.rate:
+            label += f" rate={spec.rate:g}"
+        self.display.phase(f"{label} r{spec.repeat}: {text}")
 
 
 def _stop_on_sigterm() -> None:

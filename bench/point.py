@@ -114,19 +114,23 @@ def run_point(
     timing: Timing,
     pinning: Pinning,
     before_measure: Callable[[dict[str, Any]], None] | None = None,
+    on_phase: Callable[[str], None] | None = None,
 ) -> tuple[dict, dict[str, str]]:
     """Measure one point; when the load generator was the limit and more client CPUs are
     free than it used, measure it again with more workers. `before_measure(row)` runs before
-    each measurement, after the quiet wait (bench.sweep's host probe); not for a skipped point."""
+    each measurement, after the quiet wait (bench.sweep's host probe); not for a skipped point.
+    `on_phase(text)` is told each phase as it begins ("starting", "connecting 100", "warm-up",
+    "window", ...), for a live display: it is called inside the measurement, so it must be
+    cheap and must not raise."""
     engine = engine_class(spec.engine)
     workers = engine.plan_workers(spec.load_plan, len(pinning.client), spec.locust_workers)
     blocker = preflight(spec, workers)
     if blocker:
         return unmeasured_row(run_id, spec, STATUS_SKIPPED, blocker), {}
-    row, hists = _measure(run_id, spec, timing, pinning, workers, before_measure)
+    row, hists = _measure(run_id, spec, timing, pinning, workers, before_measure, on_phase)
     more = min(len(pinning.client), spec.connections)
     if row.get("client_bound") and workers < more and engine.can_add_workers:
-        row, hists = _measure(run_id, spec, timing, pinning, more, before_measure)
+        row, hists = _measure(run_id, spec, timing, pinning, more, before_measure, on_phase)
     return row, hists
 
 
@@ -137,7 +141,9 @@ def _measure(
     pinning: Pinning,
     workers: int,
     before_measure: Callable[[dict[str, Any]], None] | None = None,
+    on_phase: Callable[[str], None] | None = None,
 ) -> tuple[dict, dict[str, str]]:
+    phase = on_phase if on_phase is not None else _no_phase
     row = base_row(run_id, spec)
     row.update(client_workers=workers, server_cpus=format_cpus(pinning.server), client_cpus=format_cpus(pinning.client))
     histograms: dict[str, str] = {}
@@ -148,8 +154,10 @@ def _measure(
     if not spec.target:
         row["backlog"] = spec.backlog
     if timing.quiet_wait_s > 0:
+        phase("waiting for a quiet host")
         waited, _busy = wait_for_quiet(timing.quiet_wait_s)
         row["quiet_wait_s"] = waited
+    phase("starting")
     if before_measure is not None:
         before_measure(row)
     server: ServerUnderTest | ExternalServer
@@ -178,11 +186,14 @@ def _measure(
             print(note, flush=True)
         # Generous: thousands of connects against a slow accept loop take seconds.
         connect_timeout = 30 + (spec.connections + spec.idle) / 200 + load.extra_connect_timeout_s
+        # The engines report their connections only once all are open: the count comes after.
+        phase("connecting" if spec.workload == "churn" else f"connecting {spec.connections + spec.idle:,}")
         connect_started = time.monotonic()
         connect = load.wait_connected(timeout=connect_timeout)
         row.update(connected=connect.connected, connect_s=connect.seconds)
         queued = None
         if server.pid and spec.workload != "churn":
+            phase(f"connecting ({connect.connected:,} of {spec.connections + spec.idle:,}): accepting")
             left = max(connect_timeout - (time.monotonic() - connect_started), 1.0)
             row["accept_wait_s"], queued = wait_accepted(server.port, left, server.failure)
         _fill_kernel_memory(row, connect.connected, slab_before, kernel_slab_bytes())
@@ -199,7 +210,9 @@ def _measure(
                 "after the clients had connected: it accepts too slowly for this point"
             )
         window = load.schedule(timing.warmup_s, timing.duration_s)
-        usage, host = _watch_window(server, window)
+        phase("warm-up")
+        usage, host = _watch_window(server, window, phase)
+        phase("collecting")
         result = load.collect(timeout=max(window[1] - time.monotonic(), 0) + 15)
         closed_before_echo = result.closed_before_echo
         tcp_counters.fill_row(row, tcp_before)
@@ -263,6 +276,7 @@ def _measure(
         row["reason"] = "; ".join([f"harness error: {type(exc).__name__}: {exc}", *_tcp_notes(row, tcp_before)])
     finally:
         try:
+            phase("stopping")
             if load is not None:
                 load.stop()
         finally:
@@ -272,6 +286,10 @@ def _measure(
             # After stop(): the stats line of the server's exit comes after SIGTERM.
             shed.fill_row(row, server.shed, closed_before_echo)
     return row, histograms
+
+
+def _no_phase(text: str) -> None:
+    pass
 
 
 def _tcp_notes(row: dict, before: tcp_counters.Counters | None) -> list[str]:
@@ -286,11 +304,16 @@ def _tcp_notes(row: dict, before: tcp_counters.Counters | None) -> list[str]:
 
 
 def _watch_window(
-    server: ServerUnderTest | ExternalServer, window: tuple[float, float]
+    server: ServerUnderTest | ExternalServer,
+    window: tuple[float, float],
+    phase: Callable[[str], None] | None = None,
 ) -> tuple[WindowUsage | None, tuple[HostSnapshot, HostSnapshot]]:
     """Sample the server's tree (when it is ours), and the host's CPUs, from the window's
-    start to its end; stop early if the server died."""
+    start to its end; stop early if the server died. `phase("window")` at its start."""
     _sleep_until(window[0])
+    if phase is not None:
+        # Before both readings, which stay as close to each other as they were.
+        phase("window")
     # The host's readings bracket the server's CPU readings closely at both ends, so that the
     # server's CPUs cannot read as less busy than the server's processes on them.
     before = snapshot()

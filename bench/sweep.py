@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import sys
@@ -69,6 +70,10 @@ class RunConfig:
         d["out"] = str(self.out)
         d["pinning"] = self.pinning.as_dict()
         return d
+
+
+# What run_sweep's on_phase is told once every row of a point is written (then the next begins).
+PHASE_DONE = "done"
 
 
 # SO_REUSEPORT spreads connections over the listeners by a hash of the 4-tuple, not evenly:
@@ -188,7 +193,13 @@ class _ProbeHook:
 
 
 def _attempts(
-    run_id: str, spec: PointSpec, timing: Timing, pinning: Pinning, watch: ShiftWatch, remeasure: int
+    run_id: str,
+    spec: PointSpec,
+    timing: Timing,
+    pinning: Pinning,
+    watch: ShiftWatch,
+    remeasure: int,
+    on_phase: Callable[[str], None] | None = None,
 ) -> Iterator[tuple[dict, dict[str, str]]]:
     """The point, measured once more while the probe before it says the host shifted, or its
     own timeline says it was unsteady (the host can change phase during a point, where no
@@ -197,13 +208,15 @@ def _attempts(
     final attempt may enter statistics."""
     for attempt in range(1, remeasure + 2):
         hook = _ProbeHook(watch)
-        row, hists = run_point(run_id, spec, timing, pinning, hook)
+        row, hists = run_point(run_id, spec, timing, pinning, hook, on_phase)
         hook.mark(row)
         again = (bool(hook.shift) or row.get("unsteady") is True) and attempt <= remeasure
         row.update(attempt=attempt, superseded=again)
         if again:
             # Measuring again at once would land in the same phase of the host: wait (bounded)
             # for the probe to come back to the run's median first.
+            if on_phase is not None:
+                on_phase("waiting for the host to settle")
             try:
                 waited, back = watch.wait_until_usual(SHIFT_WAIT_S)
             except OSError:
@@ -260,7 +273,15 @@ def _start_watch(config: RunConfig, specs: list[PointSpec], meta: dict) -> Shift
     return watch
 
 
-def run_sweep(config: RunConfig, on_point: Callable[[dict, Path], None] | None = None) -> RunDirectory:
+def run_sweep(
+    config: RunConfig,
+    on_point: Callable[[dict, Path], None] | None = None,
+    on_phase: Callable[[PointSpec, str], None] | None = None,
+) -> RunDirectory:
+    """Plan the run's points and measure them in order into a new run directory under
+    config.out. `on_point(row, run_path)` is called with each row once it is written;
+    `on_phase(spec, text)` with each phase of the point being measured (bench.point.run_point's,
+    cheap calls made inside the measurement), then PHASE_DONE once all of its rows are written."""
     run_id = new_run_id()
     run_dir = RunDirectory.create(config.out, run_id)
     specs = plan(config)
@@ -280,20 +301,26 @@ def run_sweep(config: RunConfig, on_point: Callable[[dict, Path], None] | None =
         try:
             for spec in specs:
                 timing = Timing(config.duration_s, config.warmup_s, config.ready_timeout_s, config.quiet_wait_s)
+                phase = functools.partial(on_phase, spec) if on_phase is not None else None
                 if spec.model in config.unavailable:
                     reason = f"unavailable here: {config.unavailable[spec.model]}"
                     results = [(unmeasured_row(run_id, spec, STATUS_SKIPPED, reason), {})]
                 elif config.slo_p99_us is not None:
+                    # bench.find_max measures its own steps; it is told no phases.
+                    if phase is not None:
+                        phase("searching the highest rate")
                     results = _searched(find_max_rate(run_id, spec, timing, config.pinning, config.slo_p99_us), watch)
                 elif watch is not None:
-                    results = _attempts(run_id, spec, timing, config.pinning, watch, config.remeasure)
+                    results = _attempts(run_id, spec, timing, config.pinning, watch, config.remeasure, phase)
                 else:
-                    results = [run_point(run_id, spec, timing, config.pinning)]
+                    results = [run_point(run_id, spec, timing, config.pinning, on_phase=phase)]
                 for row, hists in results:
                     row.setdefault("attempt", 1)
                     run_dir.append_point(row, hists)
                     if on_point is not None:
                         on_point(row, run_dir.path)
+                if phase is not None:
+                    phase(PHASE_DONE)
         finally:
             if watch is not None:
                 watch.close()
