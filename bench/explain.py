@@ -34,10 +34,16 @@ from bench.errors import PointFailed, UsageError
 from bench.host import describe_host
 from bench.io_phases import UNEXPLAINED, Exchange, medians, request_paths, typical
 from bench.results_store import RunDirectory, create_results_dir, new_run_id, new_run_meta, recording_status
-from bench.server_control import ServerUnderTest
-from bench.strace import StraceAttachment, add_traced_run_options, require_strace, strace_version, traced_run_choices
+from bench.server_control import ServerUnderTest, wait_until_held
+from bench.strace import (
+    StraceAttachment,
+    add_traced_run_options,
+    harness_context,
+    require_strace,
+    strace_version,
+    traced_run_choices,
+)
 from bench.strace_log import parse_trace
-from bench.syscall_profile import harness_context, wait_accepted
 
 KIND = "explain"
 TRACE_DIR = "explain"
@@ -45,6 +51,9 @@ TRACE_DIR = "explain"
 STRACE_OPTIONS = ("-ttt", "-T", "-s", "16")
 SOCKET_TIMEOUT_S = 5.0
 MIN_PAYLOAD = 8
+# A handful is what the figures need; more only lengthens the trace (a busy-polling server
+# makes ~700 calls per 20 ms think time).
+MAX_REQUESTS = 100
 
 METHOD_NOTE = (
     "One connection from the harness to the server. The exchange was made first untraced, then "
@@ -117,6 +126,9 @@ class ModelExplanation:
     traced_processes: int = 0
     traced_threads: int = 0
     untraced_round_trip_us: float | None = None
+    # Every traced request as the client stamped it, [sent, received] (s, CLOCK_REALTIME), the
+    # first (not analysed) included: with the trace file, enough to analyse the run again.
+    exchanges: list[list[float]] = field(default_factory=list)
     medians: dict[str, float | None] = field(default_factory=dict)
     requests: list[dict[str, Any]] = field(default_factory=list)
     typical: dict[str, Any] | None = None
@@ -137,9 +149,12 @@ def explain_model(model: str, config: ExplainConfig, strace: str, trace_dir: Pat
     sock: socket.socket | None = None
     try:
         server.start(config.ready_timeout_s)
-        sock = socket.create_connection((server.host, server.port), timeout=SOCKET_TIMEOUT_S)
+        try:
+            sock = socket.create_connection((server.host, server.port), timeout=SOCKET_TIMEOUT_S)
+        except OSError as exc:
+            raise PointFailed(f"cannot connect to the server: {exc.strerror or exc}") from None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        wait_accepted(server, 1, config.ready_timeout_s)
+        wait_until_held(server, 1, config.ready_timeout_s)
         # One more than analysed, as in the traced exchange, so both have the same warm history.
         untraced = exchange(sock, config.requests + 1, config.think_s, config.payload)[1:]
         result.untraced_round_trip_us = round(statistics.median(e.round_trip_s for e in untraced) * 1e6, 1)
@@ -155,7 +170,8 @@ def explain_model(model: str, config: ExplainConfig, strace: str, trace_dir: Pat
         calls, _ = parse_trace(text)
         if not calls:
             raise PointFailed("strace recorded no system call")
-        paths = request_paths(calls, traced)[1:]
+        result.exchanges = [[e.sent, e.received] for e in traced]
+        paths = request_paths(calls, traced, config.payload)[1:]
         result.requests = [p.summary() for p in paths]
         result.medians = medians(paths)
         drawn = typical(paths)
@@ -175,8 +191,9 @@ def explain_model(model: str, config: ExplainConfig, strace: str, trace_dir: Pat
         result.status = STATUS_FAILED
         result.reason = "; ".join([str(exc), *server.warnings])
     except OSError as exc:
+        # Not the exchange's (exchange() turns those into PointFailed): strace or the trace file.
         result.status = STATUS_FAILED
-        result.reason = f"cannot connect to the server: {exc.strerror or exc}"
+        result.reason = f"cannot trace: {exc.strerror or exc}"
     finally:
         tracer.stop()
         if sock is not None:
@@ -252,8 +269,8 @@ def add_explain_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
 
 def _config(args: argparse.Namespace) -> ExplainConfig:
     models, unavailable, pinning = traced_run_choices(args)
-    if not 1 <= args.requests <= 1000:
-        raise UsageError(f"--requests must be an integer from 1 to 1000, got {args.requests}")
+    if not 1 <= args.requests <= MAX_REQUESTS:
+        raise UsageError(f"--requests must be an integer from 1 to {MAX_REQUESTS}, got {args.requests}")
     if not math.isfinite(args.think) or not 0.001 <= args.think <= 1.0:
         raise UsageError(f"--think must be from 0.001 to 1 s, got {args.think}")
     if not MIN_PAYLOAD <= args.payload <= 65536:
@@ -279,6 +296,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
     config = _config(args)
     strace = require_strace("bench explain")
     create_results_dir(config.out)
+    from bench.live_display import LiveProgress
+
+    display = LiveProgress(len(config.models))
+    # Models are explained in the order given: the next one is the first not yet reported.
+    upcoming = list(config.models)
 
     def progress(e: ModelExplanation) -> None:
         if e.status == STATUS_OK:
@@ -290,12 +312,20 @@ def cmd_explain(args: argparse.Namespace) -> int:
             )
         else:
             detail = e.reason
-        print(f"{e.model:>12} {e.status}: {detail}", flush=True)
+        display.line(f"{e.model:>12} {e.status}: {detail}")
+        display.advance()
+        upcoming.pop(0)
+        if upcoming:
+            display.phase(f"{upcoming[0]}: explaining")
 
     run_dir = RunDirectory.create(config.out, new_run_id())
     with harness_context(config.pinning.client):
         try:
-            run_explain(config, strace, on_model=progress, run_dir=run_dir)
+            # Inside harness_context: the display's thread starts on the client CPUs.
+            with display:
+                if upcoming:
+                    display.phase(f"{upcoming[0]}: explaining")
+                run_explain(config, strace, on_model=progress, run_dir=run_dir)
         except KeyboardInterrupt:
             print("interrupted: the models explained so far are kept", file=sys.stderr)
             if run_dir.run_file.exists():

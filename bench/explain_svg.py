@@ -304,8 +304,9 @@ def _annotations(steps: list[dict[str, Any]], pattern: str, sent: float, clipped
         took = duration(end - start)
         if role == WAIT_AND_COPY and start < sent < end:
             out.append((i, start, sent, [f"wait for data · {duration(sent - start)}"]))
-            copied = f"data arrives, copied to user · {duration(end - sent)}"
-            out.append((i, sent, end, [copied, "(one call waits and copies)"]))
+            # Not the copy alone: delivery over loopback, the wake-up and strace's exit stop too.
+            after = f"after the send: delivery, wake-up, copy · {duration(end - sent)}"
+            out.append((i, sent, end, [after, "(one call waits and copies)"]))
         elif role == WAIT_AND_COPY:
             out.append((i, start, end, [f"wait for data + copy · {took}"]))
         elif role == WAIT and pattern == COMPLETION:

@@ -21,6 +21,7 @@ test for blocking: the call's entry is before the send and its return after it.
 
 from __future__ import annotations
 
+import bisect
 import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -137,54 +138,71 @@ class RequestPath:
         }
 
 
-def request_paths(calls: list[TracedCall], exchanges: list[Exchange]) -> list[RequestPath]:
+def request_paths(calls: list[TracedCall], exchanges: list[Exchange], payload: int | None = None) -> list[RequestPath]:
     """Each exchange's path through the traced calls, in order. `calls` as parse_trace returns
-    them (sorted by entry); exchanges in the order the client made them. An exchange whose data
-    call or echo cannot be found in the trace gets the pattern UNEXPLAINED."""
+    them (sorted by entry); exchanges in the order the client made them; `payload` the bytes of
+    each request, so that a request read or echoed in several calls is booked whole (None: one
+    read and one send each). An exchange whose data call or echo cannot be found in the trace
+    gets the pattern UNEXPLAINED, and the next one starts after its echo was read."""
+    finished = [c for c in calls if c.finished]
+    starts = [c.start for c in finished]
     paths: list[RequestPath] = []
     cycle_start = float("-inf")
     for index, exchange in enumerate(exchanges):
-        path = _request_path(index, calls, exchange, cycle_start)
+        # Only the calls that can belong to this request: entered after the echo before the
+        # previous one was read, and before the next request was sent.
+        lo = exchanges[index - 2].received if index >= 2 else float("-inf")
+        hi = exchanges[index + 1].sent if index + 1 < len(exchanges) else float("inf")
+        window = finished[bisect.bisect_right(starts, lo) : bisect.bisect_left(starts, hi)]
+        path = _request_path(index, window, exchange, cycle_start, payload)
         paths.append(path)
-        if path.steps:
-            cycle_start = max(cycle_start, _echo_end(path))
+        cycle_start = max(cycle_start, _echo_end(path))
     return paths
 
 
 def _echo_end(path: RequestPath) -> float:
     echoes = [s.end for s in path.steps if s.role == ECHO]
-    return echoes[0] if echoes else path.exchange.received
+    return echoes[-1] if echoes else path.exchange.received
 
 
-def _request_path(index: int, calls: list[TracedCall], ex: Exchange, cycle_start: float) -> RequestPath:
-    finished = [c for c in calls if c.finished]
+def _request_path(
+    index: int, finished: list[TracedCall], ex: Exchange, cycle_start: float, payload: int | None
+) -> RequestPath:
     # Blocked: in the kernel across the send and then returned success; a call that failed with
     # EAGAIN was only passing through (non-blocking), even when it was in the kernel then.
-    in_progress = [c for c in finished if c.start < ex.sent < c.end and c.errno is None]
+    in_progress = [c for c in finished if _blocked(c, ex.sent)]
     data = next((c for c in finished if c.name in READ_CALLS and (c.retval or 0) > 0 and c.end >= ex.sent), None)
     completion = next((c for c in finished if c.name in COMPLETION_WAITS and c.end >= ex.sent), None)
-    if data is not None and data.end <= ex.received:
-        learned_by, wait, copy, pattern = _readiness(data, finished, in_progress, ex)
-        echoes = (c for c in finished if c.name in WRITE_CALLS and (c.retval or 0) > 0 and c.start >= data.end)
-        echo = next(echoes, None)
-    elif completion is not None and completion.end <= ex.received and not _reads_between(finished, ex):
+    # Starts, not ends, are compared with the client's stamps: a call's end as strace reports
+    # it includes the ptrace stop at its exit, which may come after the client already had the echo.
+    if data is not None and data.start <= ex.received:
+        learned_by, wait, pattern = _readiness(data, finished, ex)
+        reads = _whole(finished, data, READ_CALLS, data.tid, payload)
+        sends = _whole(finished, None, WRITE_CALLS, None, payload, after=data.end)
+        copies = [] if pattern == BLOCKING else reads
+    elif completion is not None and completion.start <= ex.received and not _reads_between(finished, ex):
         # The kernel copied the data before it posted the completion: no copy call at all.
-        pattern, wait, copy, learned_by = COMPLETION, completion, None, completion
-        echo = next((c for c in finished if c.name in COMPLETION_WAITS and c.start >= completion.end), None)
+        pattern, wait, learned_by, reads, copies = COMPLETION, completion, completion, [], []
+        sends = [c for c in finished if c.name in COMPLETION_WAITS and c.start >= completion.end][:1]
     else:
         return _unexplained(index, ex, in_progress)
-    if echo is None or echo.end > ex.received:
+    if not sends or sends[-1].start > ex.received:
         return _unexplained(index, ex, in_progress)
+    echo = sends[-1]
+    if pattern != BLOCKING:
+        # A read that returned the data without waiting for it (a turn of a polling loop that
+        # strace stamped just before the send) was in the kernel then, but did not block.
+        in_progress = [c for c in in_progress if not any(c is r for r in reads)]
     # One request's worth of calls: those entered after the previous echo returned, up to this
     # echo, less any still in the kernel after it (the next request's wait), plus this request's
-    # own wait and copy even when they were entered before (a blocking read re-entered at once).
+    # own wait and reads even when they were entered before (a blocking read re-entered at once).
     cycle = [c for c in finished if cycle_start < c.start <= echo.start and c.end <= echo.end]
-    own = [c for c in (wait, copy) if c is not None and c.start <= cycle_start]
+    own = [c for c in (wait, *reads) if c is not None and c.start <= cycle_start]
     cycle = sorted({id(c): c for c in [*own, *cycle]}.values(), key=lambda c: (c.start, c.tid))
     following = [c for c in finished if cycle_start < c.start <= echo.start and c.end > echo.end]
     shown = sorted({id(c): c for c in [*cycle, *following]}.values(), key=lambda c: (c.start, c.tid))
-    roles = _roles(shown, pattern, wait, copy, echo, data)
-    if pattern == BUSY_POLLING:
+    roles = _roles(shown, pattern, wait, copies, sends, data, echo)
+    if pattern == BUSY_POLLING and data is not None:
         polls = [c for c in cycle if c.errno == "EAGAIN" and c.tid == data.tid and c.end <= data.start]
         wait_s = data.start - polls[0].start if polls else None
     else:
@@ -194,35 +212,66 @@ def _request_path(index: int, calls: list[TracedCall], ex: Exchange, cycle_start
         exchange=ex,
         pattern=pattern,
         calls=cycle,
-        steps=_steps(shown, roles, ex.sent),
+        steps=_steps(shown, roles, in_progress),
         wait_call=wait.name if wait is not None else None,
-        copy_call=copy.name if copy is not None else None,
+        copy_call=copies[0].name if copies else None,
         echo_call=echo.name,
         blocked_in=[c.name for c in in_progress],
         wait_s=wait_s,
-        copy_s=(copy.end - copy.start) if copy is not None and pattern != BLOCKING else None,
+        copy_s=sum(c.duration for c in copies) if copies else None,
         learned_after_send_s=learned_by.end - ex.sent if learned_by is not None else None,
         failed=sum(1 for c in cycle if c.errno is not None),
         threads=len({c.tid for c in cycle}),
     )
 
 
-def _readiness(
-    data: TracedCall, calls: list[TracedCall], in_progress: list[TracedCall], ex: Exchange
-) -> tuple[TracedCall, TracedCall | None, TracedCall | None, str]:
-    """(the call whose return told the process, the wait call, the copy call, pattern) for a
-    request whose data a read-type call returned."""
-    if data.start < ex.sent:
-        return data, data, data, BLOCKING
+def _blocked(call: TracedCall, sent: float) -> bool:
+    return call.start < sent < call.end and call.errno is None
+
+
+def _whole(
+    calls: list[TracedCall],
+    first: TracedCall | None,
+    names: frozenset[str],
+    tid: int | None,
+    payload: int | None,
+    after: float = float("-inf"),
+) -> list[TracedCall]:
+    """The successful calls of `names` (on thread `tid`, or any), from `first` (or the first
+    entered after `after`) on, until they have moved `payload` bytes (one call when None)."""
+    out: list[TracedCall] = []
+    moved = 0
+    started = first is None
+    for c in calls:
+        started = started or c is first
+        if not started or c.start < after or c.name not in names or (c.retval or 0) <= 0:
+            continue
+        if tid is not None and c.tid != tid:
+            continue
+        out.append(c)
+        moved += c.retval or 0
+        if payload is None or moved >= payload:
+            break
+    return out
+
+
+def _readiness(data: TracedCall, calls: list[TracedCall], ex: Exchange) -> tuple[TracedCall, TracedCall | None, str]:
+    """(the call whose return told the process, the wait call, pattern) for a request whose
+    data a read-type call returned."""
     mine = [c for c in calls if c.tid == data.tid and c.end <= data.start]
+    polled = bool(mine) and mine[-1].errno == "EAGAIN" and mine[-1].name in READ_CALLS | {"accept", "accept4"}
+    if data.start < ex.sent and not polled:
+        return data, data, BLOCKING
     waits = [c for c in mine if c.name in READINESS_CALLS | SIGNAL_WAITS | COMPLETION_WAITS and c.end >= ex.sent]
-    if waits:
+    if waits and not polled:
         wait = waits[-1]
         pattern = SIGNAL if wait.name in SIGNAL_WAITS else COMPLETION if wait.name in COMPLETION_WAITS else READINESS
-        return wait, wait, data, pattern
+        return wait, wait, pattern
     if any(c.errno == "EAGAIN" and c.name in READ_CALLS for c in mine[-RUN_MIN * 2 :]):
-        return data, None, data, BUSY_POLLING
-    return data, None, data, UNEXPLAINED
+        # Entered before the send by strace's clock but not waiting: its thread had just failed
+        # with EAGAIN, so this read was one more turn of the polling loop.
+        return data, None, BUSY_POLLING
+    return data, None, UNEXPLAINED
 
 
 def _reads_between(calls: list[TracedCall], ex: Exchange) -> bool:
@@ -233,9 +282,10 @@ def _roles(
     shown: list[TracedCall],
     pattern: str,
     wait: TracedCall | None,
-    copy: TracedCall | None,
-    echo: TracedCall,
+    copies: list[TracedCall],
+    sends: list[TracedCall],
     data: TracedCall | None,
+    echo: TracedCall,
 ) -> list[str]:
     roles = []
     for c in shown:
@@ -243,9 +293,9 @@ def _roles(
             roles.append(WAIT_AND_COPY)
         elif c is wait:
             roles.append(WAIT)
-        elif c is copy:
+        elif any(c is x for x in copies):
             roles.append(COPY)
-        elif c is echo:
+        elif any(c is x for x in sends):
             roles.append(ECHO)
         elif c.errno == "EAGAIN" and data is not None and c.tid == data.tid and c.end <= data.start:
             roles.append(POLL)
@@ -257,7 +307,7 @@ def _roles(
     return roles
 
 
-def _steps(calls: list[TracedCall], roles: list[str], sent: float) -> list[Step]:
+def _steps(calls: list[TracedCall], roles: list[str], blocked: list[TracedCall]) -> list[Step]:
     """Calls as drawn: consecutive failed calls of one thread (RUN_MIN or more) become one run."""
     steps: list[Step] = []
     i = 0
@@ -276,8 +326,8 @@ def _steps(calls: list[TracedCall], roles: list[str], sent: float) -> list[Step]
             i = j
             continue
         c = calls[i]
-        blocked = c.start < sent < c.end
-        steps.append(Step(c.tid, c.start, c.end, roles[i], c.name, c.result, 1, {c.name: 1}, blocked))
+        asleep = any(c is b for b in blocked)
+        steps.append(Step(c.tid, c.start, c.end, roles[i], c.name, c.result, 1, {c.name: 1}, asleep))
         i += 1
     return steps
 
@@ -300,10 +350,15 @@ def _us(seconds: float | None) -> float | None:
 
 
 def typical(paths: list[RequestPath]) -> RequestPath | None:
-    """The request drawn: among the explained ones, the one with the median round trip (the
-    lower of the two middle ones for an even count); None when none was explained."""
-    explained = sorted((p for p in paths if p.pattern != UNEXPLAINED), key=lambda p: p.exchange.round_trip_s)
-    return explained[(len(explained) - 1) // 2] if explained else None
+    """The request drawn: among the explained requests of the most frequent pattern, the one
+    with the median round trip (the lower of the two middle ones for an even count); None when
+    none was explained."""
+    explained = [p.pattern for p in paths if p.pattern != UNEXPLAINED]
+    if not explained:
+        return None
+    common = max(dict.fromkeys(explained), key=explained.count)
+    chosen = sorted((p for p in paths if p.pattern == common), key=lambda p: p.exchange.round_trip_s)
+    return chosen[(len(chosen) - 1) // 2]
 
 
 def medians(paths: list[RequestPath]) -> dict[str, float | None]:

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import time
+
+import psutil
 
 from bench.errors import PointFailed
 from bench.pipes import MessageReader, deadline_in, remaining
-from bench.processes import spawn_python, terminate_tree
+from bench.processes import process_tree, spawn_python, terminate_tree
 from bench.shed import ShedTally
 from childproc import format_cpus
 
@@ -124,3 +127,32 @@ class ExternalServer:
 
     def stop(self) -> None:
         return None
+
+
+def wait_until_held(server: ServerUnderTest, connections: int, timeout: float) -> None:
+    """Return once the server's process tree holds `connections` established connections on its
+    port (accepted, not merely queued); raises PointFailed if it dies or the timeout (s) passes."""
+    deadline = deadline_in(timeout)
+    while True:
+        if (reason := server.failure()) is not None:
+            raise PointFailed(reason)
+        accepted = _accepted(server.pid, server.port)
+        if accepted >= connections:
+            return
+        if remaining(deadline) <= 0:
+            raise PointFailed(f"server accepted only {accepted} of {connections} connections in {timeout:.0f} s")
+        time.sleep(0.02)
+
+
+def _accepted(pid: int, port: int) -> int:
+    """Connections on `port` held open by the server's process tree (accepted, not queued)."""
+    seen = set()
+    for proc in process_tree(pid):
+        try:
+            conns = proc.net_connections(kind="tcp4")
+        except (psutil.Error, OSError):
+            continue
+        for c in conns:
+            if c.status == psutil.CONN_ESTABLISHED and c.laddr and c.laddr.port == port and c.raddr:
+                seen.add((c.laddr, c.raddr))
+    return len(seen)

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import math
 import os
 import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from bench.cpus import Pinning, default_pinning, parse_pinning
@@ -60,8 +62,12 @@ def traced_run_choices(args: argparse.Namespace) -> tuple[list[str], dict[str, s
     """(models that can run, the others with why not, pinning) from add_traced_run_options'
     options; raises UsageError on a bad choice."""
     models, unavailable = select_models(args.models)
+    # Each model once: a second trace of it would overwrite the first's file.
+    models = list(dict.fromkeys(models))
     if not models:
         raise UsageError("no model is available on this host (see `bench models`)")
+    if not math.isfinite(args.ready_timeout) or args.ready_timeout <= 0:
+        raise UsageError(f"--ready-timeout must be a finite number of seconds > 0, got {args.ready_timeout}")
     if bool(args.server_cpus) != bool(args.client_cpus):
         raise UsageError("--server-cpus and --client-cpus go together")
     try:
@@ -257,3 +263,24 @@ def _detach_if_parent_dies() -> None:
     # SIGTERM, detaches and lets the server go on to be stopped by its own die-with-parent.
     if _prctl is not None:
         _prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
+@contextmanager
+def harness_context(client_cpus: tuple[int, ...]) -> Iterator[None]:
+    """The harness process on the client's CPUs, with SIGTERM raising KeyboardInterrupt, for the
+    body; both put back afterwards."""
+
+    # As in `bench run`: the harness sits beside the load workers, off the server's CPUs, and
+    # SIGTERM takes Ctrl-C's path so strace is detached and every child stopped. Both are put
+    # back afterwards, so a caller in the same process (a test) is left as it was.
+    def on_sigterm(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    affinity = os.sched_getaffinity(0)
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        os.sched_setaffinity(0, set(client_cpus))
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        os.sched_setaffinity(0, affinity)

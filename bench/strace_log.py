@@ -13,7 +13,8 @@ Line shapes (strace(1), "-f", "-ttt", "-T"; strace 6.x):
 
 The time on a line is when strace saw the call enter (for a resumed line: when it returned), in
 CLOCK_REALTIME, the clock `time.time()` reads, so a client's own timestamps share the axis.
-A call's end is its entry time plus its -T duration (the kernel's time in the call).
+A call's end is its entry time plus its -T duration: the time from strace seeing the call enter
+to seeing it return, which includes the ptrace stops around it, not the kernel's time alone.
 """
 
 from __future__ import annotations
@@ -28,7 +29,10 @@ _RESUMED = re.compile(r"^<\.\.\. (?P<name>\w+) resumed>(?P<rest>.*)$")
 _DETACHED = re.compile(r"^(?P<name>\w+)\((?P<args>.*?)\s*<detached \.\.\.>$")
 _COMPLETE = re.compile(r"^(?P<name>\w+)\((?P<args>.*)$")
 # ") = RESULT <DURATION>" at the end of a finished call; RESULT may be "?" (no return value).
-_RESULT = re.compile(r"\)\s+=\s+(?P<result>.*?)(?:\s+<(?P<duration>\d+\.\d+)>)?$")
+# Anchored on the last ") = ": a string argument may hold one of its own.
+_RESULT = re.compile(
+    r"^(?P<args>.*)\)\s+=\s+(?P<result>(?:-?\d+|0x[0-9a-fA-F]+|\?)(?:\s.*?)??)(?:\s+<(?P<duration>\d+\.\d+|unavailable)>)?$"
+)
 _ERRNO = re.compile(r"^-1 (?P<errno>E[A-Z0-9]+)\b")
 _SIGNAL = re.compile(r"^--- (?P<signal>SIG\w+) (?P<info>.*) ---$")
 
@@ -36,8 +40,9 @@ _SIGNAL = re.compile(r"^--- (?P<signal>SIG\w+) (?P<info>.*) ---$")
 @dataclass(frozen=True)
 class TracedCall:
     """One system call of one thread. Times in seconds on CLOCK_REALTIME (s since the epoch);
-    `duration` is strace -T's time in the kernel (s). `retval` is the integer result (None for
-    '?' or a call still running at detach); `errno` the error name of a failed call."""
+    `duration` is strace -T's time from entry to return, ptrace stops included (s). `retval` is
+    the integer result (None for '?' or a call still running at detach); `errno` the error name
+    of a failed call."""
 
     tid: int
     name: str
@@ -88,8 +93,14 @@ def parse_trace(text: str) -> tuple[list[TracedCall], list[TracedSignal]]:
         if (u := _UNFINISHED.match(body)) is not None:
             pending[tid] = (u["name"], ts, u["args"])
         elif (r := _RESUMED.match(body)) is not None:
-            name, start, args = pending.pop(tid, (r["name"], ts, ""))
-            if (call := _finished(tid, name, start, f"{args} {r['rest']}".strip())) is not None:
+            name, start, args = pending.pop(tid, (r["name"], None, ""))
+            if "<unfinished ...>" in r["rest"]:
+                # Resumed only to be cut short again (a thread killed in the call): no return.
+                pending[tid] = (name, ts if start is None else start, args)
+                continue
+            # Without its entry line (strace attached mid-call), the call began -T before its return.
+            call = _finished(tid, name, start, f"{args} {r['rest']}".strip(), resumed_at=ts)
+            if call is not None:
                 calls.append(call)
         elif (d := _DETACHED.match(body)) is not None:
             pending[tid] = (d["name"], ts, d["args"])
@@ -105,13 +116,15 @@ def parse_trace(text: str) -> tuple[list[TracedCall], list[TracedSignal]]:
     return calls, signals
 
 
-def _finished(tid: int, name: str, start: float, rest: str) -> TracedCall | None:
-    r = _RESULT.search(rest)
+def _finished(tid: int, name: str, start: float | None, rest: str, resumed_at: float = 0.0) -> TracedCall | None:
+    r = _RESULT.match(rest)
     if r is None:
         return None
     result = r["result"].strip()
-    duration = float(r["duration"]) if r["duration"] else 0.0
-    args = rest[: r.start()]
+    duration = float(r["duration"]) if r["duration"] and r["duration"] != "unavailable" else 0.0
+    if start is None:
+        start = resumed_at - duration
+    args = r["args"]
     if name == "restart_syscall":
         # The call the tracee was blocked in when strace attached, restarted by the kernel;
         # strace's guess at its name ("resuming interrupted X") is not reliable, so it stays

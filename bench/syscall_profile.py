@@ -31,13 +31,10 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-
-import psutil
 
 from bench.columns import STATUS_FAILED, STATUS_OK, STATUS_SKIPPED
 from bench.cpus import Pinning
@@ -46,12 +43,12 @@ from bench.errors import PointFailed, UsageError
 from bench.host import describe_host
 from bench.load_workers import LoadPlan, worker_count
 from bench.pipes import deadline_in, remaining
-from bench.processes import process_tree
 from bench.results_store import RunDirectory, create_results_dir, new_run_id, new_run_meta, recording_status
-from bench.server_control import ServerUnderTest
+from bench.server_control import ServerUnderTest, wait_until_held
 from bench.strace import (
     StraceAttachment,
     add_traced_run_options,
+    harness_context,
     require_strace,
     strace_version,
     traced_run_choices,
@@ -217,7 +214,7 @@ def profile_model(model: str, config: ProfileConfig, strace: str, out_dir: Path)
         # A client's connect() returns once the kernel queued it; a model that accepts lazily
         # (fork: one fork per accept) must have made its processes before strace attaches, or
         # set-up would be counted as per-request work and the new children's calls missed.
-        wait_accepted(server, config.connections, config.ready_timeout_s)
+        wait_until_held(server, config.connections, config.ready_timeout_s)
         tracer.attach(server.pid)
         profile.traced_processes, profile.traced_threads = tracer.processes, tracer.threads
         attached_at = time.monotonic()
@@ -296,35 +293,6 @@ def _signal_all(pids: list[int], signum: int) -> list[int]:
         except ProcessLookupError:
             continue
     return done
-
-
-def wait_accepted(server: ServerUnderTest, connections: int, timeout: float) -> None:
-    """Return once the server's process tree holds `connections` established connections on its
-    port (accepted, not merely queued); raises PointFailed if it dies or the timeout (s) passes."""
-    deadline = deadline_in(timeout)
-    while True:
-        if (reason := server.failure()) is not None:
-            raise PointFailed(reason)
-        accepted = _accepted(server.pid, server.port)
-        if accepted >= connections:
-            return
-        if remaining(deadline) <= 0:
-            raise PointFailed(f"server accepted only {accepted} of {connections} connections in {timeout:.0f} s")
-        time.sleep(0.02)
-
-
-def _accepted(pid: int, port: int) -> int:
-    """Connections on `port` held open by the server's process tree (accepted, not queued)."""
-    seen = set()
-    for proc in process_tree(pid):
-        try:
-            conns = proc.net_connections(kind="tcp4")
-        except (psutil.Error, OSError):
-            continue
-        for c in conns:
-            if c.status == psutil.CONN_ESTABLISHED and c.laddr and c.laddr.port == port and c.raddr:
-                seen.add((c.laddr, c.raddr))
-    return len(seen)
 
 
 def _tcp_receive_queues(port: int) -> tuple[list[int], list[int]]:
@@ -535,44 +503,36 @@ def _config(args: argparse.Namespace) -> ProfileConfig:
     )
 
 
-@contextmanager
-def harness_context(client_cpus: tuple[int, ...]) -> Iterator[None]:
-    """The harness process on the client's CPUs, with SIGTERM raising KeyboardInterrupt, for the
-    body; both put back afterwards."""
-
-    # As in `bench run`: the harness sits beside the load workers, off the server's CPUs, and
-    # SIGTERM takes Ctrl-C's path so strace is detached and every child stopped. Both are put
-    # back afterwards, so a caller in the same process (a test) is left as it was.
-    def on_sigterm(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    affinity = os.sched_getaffinity(0)
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
-    try:
-        os.sched_setaffinity(0, set(client_cpus))
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        os.sched_setaffinity(0, affinity)
-
-
 def cmd_profile(args: argparse.Namespace) -> int:
     """`bench profile`: 0 when the run completed (a failed model is data, as in `bench run`),
     130 if interrupted; raises UsageError (exit 2 via bench.cli.main) on bad options or without strace."""
     config = _config(args)
     strace = require_strace("bench profile")
     create_results_dir(config.out)
+    from bench.live_display import LiveProgress
+
+    display = LiveProgress(len(config.models))
+    # Models are profiled in the order given: the next one is the first not yet reported.
+    upcoming = list(config.models)
 
     def progress(p: ModelProfile) -> None:
         detail = f"{p.requests:,} requests traced" if p.status == STATUS_OK else p.reason
-        print(f"{p.model:>12} {p.status}: {detail}", flush=True)
+        display.line(f"{p.model:>12} {p.status}: {detail}")
+        display.advance()
+        upcoming.pop(0)
+        if upcoming:
+            display.phase(f"{upcoming[0]}: profiling")
 
     from bench.report import render_report
 
     run_dir = RunDirectory.create(config.out, new_run_id())
     with harness_context(config.pinning.client):
         try:
-            _, profiles = run_profile(config, strace, on_model=progress, run_dir=run_dir)
+            # Inside harness_context: the display's thread starts on the client CPUs.
+            with display:
+                if upcoming:
+                    display.phase(f"{upcoming[0]}: profiling")
+                _, profiles = run_profile(config, strace, on_model=progress, run_dir=run_dir)
         except KeyboardInterrupt:
             print("interrupted: the models profiled so far are kept", file=sys.stderr)
             if run_dir.run_file.exists():

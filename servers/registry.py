@@ -71,8 +71,9 @@ def load(name: str) -> type[EchoServer]:
 
 
 def category(name: str) -> str | None:
-    """The model's I/O model in Stevens' terms (UNP §6.2; its class attribute `category`), without checking that it can run here
-    (native's check builds it); None for a name the registry does not know or cannot import."""
+    """The model's I/O model in Stevens' terms (UNP §6.2; its class attribute `category`),
+    without checking that it can run here (native's check builds it); None for a name the
+    registry does not know or cannot import."""
     try:
         return load(name).category
     except Exception:  # noqa: BLE001 - a report must render whatever a model module does on import

@@ -194,6 +194,12 @@ def test_strace_lines_unfinished_resumed_restarted_detached_and_signals():
             "12  100.003000 rt_sigtimedwait([IO RT_3], {si_signo=SIGRT_3}, NULL, 8) = 35 (SIGRT_3) <0.000500>",
             "13  100.004000 +++ exited with 0 +++",
             "12  100.030000 epoll_wait(4,  <detached ...>",
+            '14  100.000300 write(1, "a) = 5 <9.9>", 12) = 12 <0.000010>',
+            "15  100.000400 recvfrom(7,  <unfinished ...>",
+            "15  100.000900 <... recvfrom resumed> <unfinished ...>) = ?",
+            "15  100.001000 +++ killed by SIGKILL +++",
+            "16  100.002000 <... epoll_wait resumed>[], 4, -1) = 0 <0.001500>",
+            "17  100.002100 getpid() = 17 <unavailable>",
         ]
     )
     calls, signals = parse_trace(text)
@@ -208,6 +214,13 @@ def test_strace_lines_unfinished_resumed_restarted_detached_and_signals():
     # Still in the kernel when strace left: kept, marked unfinished, not mistaken for a return.
     assert by[(11, "futex")].finished is False and by[(12, "epoll_wait")].finished is False
     assert [(s.tid, s.name) for s in signals] == [(12, "SIGIO")]
+    # A string argument holding ") = 5" is not the result.
+    assert by[(14, "write")].retval == 12 and by[(14, "write")].args.endswith("12")
+    # Killed inside the call: it never returned.
+    assert by[(15, "recvfrom")].finished is False
+    # Resumed without its entry line: it began -T before it returned.
+    assert by[(16, "epoll_wait")].start == pytest.approx(100.0005) and by[(16, "epoll_wait")].finished
+    assert by[(17, "getpid")].retval == 17 and by[(17, "getpid")].duration == 0
     assert [c.start for c in calls] == sorted(c.start for c in calls)
 
 
@@ -323,3 +336,69 @@ def _is_tracing(proc: psutil.Process, model: str) -> bool:
         return proc.name() == "strace" and any(arg.endswith(f"{model}.trace") for arg in proc.cmdline())
     except psutil.Error:
         return False
+
+
+def test_the_fixture_traces_analyse_again_to_what_the_run_recorded():
+    # A stored run, traced on this project's host: its trace files and client stamps, read again
+    # by today's parser and analysis, must give the figures its page shows.
+    run_dir = TESTS_DIR / "fixtures" / "explain_run"
+    meta = json.loads((run_dir / "run.json").read_text())
+    replayed = 0
+    for entry in meta["explanations"]:
+        trace = run_dir / entry.get("trace_file", "")
+        if entry["status"] != "ok" or not trace.is_file():
+            continue
+        calls, _ = parse_trace(trace.read_text())
+        exchanges = [Exchange(sent, received) for sent, received in entry["exchanges"]]
+        paths = request_paths(calls, exchanges, meta["config"]["payload"])[1:]
+        assert [p.summary() for p in paths] == entry["requests"], entry["model"]
+        replayed += 1
+    assert replayed == 2
+
+
+def test_a_request_read_and_echoed_in_two_calls_is_booked_whole():
+    # 100 bytes: read as 60 + 40 and echoed as 60 + 40, between two requests of one call each.
+    calls = [
+        _call(1, "epoll_wait", 0, 300, "1"),
+        _call(1, "recvfrom", 310, 5, "60"),
+        _call(1, "recvfrom", 320, 5, "40"),
+        _call(1, "sendto", 330, 10, "60"),
+        _call(1, "sendto", 345, 10, "40"),
+        _call(1, "epoll_wait", 360, 1000, "1"),
+        _call(1, "recvfrom", 1370, 5, "100"),
+        _call(1, "sendto", 1380, 10, "100"),
+    ]
+    first, second = request_paths(
+        calls, [Exchange(100 + 250e-6, 100 + 400e-6), Exchange(100 + 1300e-6, 100 + 1450e-6)], payload=100
+    )
+    assert first.pattern == second.pattern == "readiness"
+    assert first.summary()["calls_by_name"] == {"epoll_wait": 1, "recvfrom": 2, "sendto": 2}
+    assert first.copy_s == pytest.approx(10e-6)
+    assert second.summary()["calls_by_name"] == {"epoll_wait": 1, "recvfrom": 1, "sendto": 1}
+
+
+def test_after_an_unexplained_request_the_next_starts_after_its_echo():
+    # The first request's echo is missing from the trace; its calls must not be booked to the second.
+    calls = [
+        _call(1, "epoll_wait", 0, 300, "1"),
+        _call(1, "recvfrom", 310, 5, "64"),
+        _call(1, "epoll_wait", 500, 800, "1"),
+        _call(1, "recvfrom", 1310, 5, "64"),
+        _call(1, "sendto", 1320, 10, "64"),
+    ]
+    first, second = request_paths(
+        calls, [Exchange(100 + 250e-6, 100 + 450e-6), Exchange(100 + 1250e-6, 100 + 1400e-6)], payload=64
+    )
+    assert first.pattern == "unexplained"
+    assert second.pattern == "readiness"
+    assert second.summary()["calls_by_name"] == {"epoll_wait": 1, "recvfrom": 1, "sendto": 1}
+
+
+def test_a_read_entered_just_before_the_send_after_eagain_is_polling_not_blocking():
+    # strace stamps a call's entry when it sees it: a polling loop's read may appear to start
+    # a few microseconds before the client's send. The EAGAIN just before it says it never slept.
+    sent = 100 + 300e-6
+    calls = [_call(1, "recvfrom", t, 5, "-1 EAGAIN") for t in range(0, 290, 10)]
+    calls += [_call(1, "recvfrom", 298, 8, "64"), _call(1, "sendto", 320, 10, "64")]
+    (path,) = request_paths(calls, [Exchange(sent, 100 + 400e-6)], payload=64)
+    assert path.pattern == "busy polling" and path.blocked_in == []

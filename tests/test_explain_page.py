@@ -156,7 +156,7 @@ def test_blocking_read_is_split_at_the_send(meta):
         assert float(top.get("y")) + float(top.get("height")) == pytest.approx(float(bottom.get("y")), abs=0.11)
         texts = _texts(root)
         assert f"wait for data · {duration(typ['sent'] - read['start'])}" in texts, texts
-        assert f"data arrives, copied to user · {duration(read['end'] - typ['sent'])}" in texts, texts
+        assert f"after the send: delivery, wake-up, copy · {duration(read['end'] - typ['sent'])}" in texts, texts
         assert "blocked" in texts  # the application lane shows the thread asleep in the call
         # The split is at the client's send: the same height as the "0" on the ruler.
         zero = next(t for t in root.iter(f"{SVG}text") if "".join(t.itertext()) == "0")

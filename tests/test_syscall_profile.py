@@ -194,10 +194,13 @@ sys.exit(profile_main(sys.argv[1:]))
 
 
 def tracing(children: list[psutil.Process]) -> bool:
-    """Is an `strace -p` (not the `strace -V` asked for its version) among these processes?"""
+    """Is an `strace -p` writing a model's table (not the `strace -V` asked for its version, nor
+    the ptrace check) among these processes?"""
     for child in children:
         try:
-            if child.name() == "strace" and "-p" in child.cmdline():
+            # A model's trace, not the ptrace check made before the first (its output is /dev/null).
+            cmdline = child.cmdline()
+            if child.name() == "strace" and "-p" in cmdline and any(a.endswith(".txt") for a in cmdline):
                 return True
         except psutil.Error:
             continue
