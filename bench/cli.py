@@ -11,14 +11,14 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-from bench.columns import STATUS_OK
-from bench.cpus import default_pinning, parse_pinning
 from bench.errors import UsageError
-from bench.model_selection import select_models
+from bench.planning.model_selection import select_models
+from bench.running.cpus import default_pinning, parse_pinning
+from bench.storing.columns import STATUS_OK
 
 if TYPE_CHECKING:
     from bench.live_display import LiveProgress
-    from bench.point import PointSpec
+    from bench.running.point import PointSpec
 
 DEFAULT_CONNECTIONS = "10,100,1000,2000"
 # The model column of points driven against --target: the harness does not know what runs there.
@@ -58,7 +58,7 @@ def _positive(value: float, name: str, allow_zero: bool = False) -> float:
 
 
 def _server_workers(text: str) -> int:
-    """--server-workers: a count >= 1, or 'auto' (0: chosen per point by bench.sweep)."""
+    """--server-workers: a count >= 1, or 'auto' (0: chosen per point by bench.planning.sweep)."""
     if text.strip() == "auto":
         return 0
     try:
@@ -72,25 +72,25 @@ def _server_workers(text: str) -> int:
 
 def _backlog(value: int | None) -> int:
     """--backlog: the servers' default when not given, else an int listen() takes."""
-    from bench.tcp_counters import check_backlog
+    from bench.measuring.tcp_counters import check_backlog
     from servers.base import DEFAULT_BACKLOG
 
     return DEFAULT_BACKLOG if value is None else check_backlog(value)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from bench.engines import choose_engine
     from bench.live_display import LiveProgress
-    from bench.results_store import create_results_dir
-    from bench.statistics import default_reference
-    from bench.sweep import RunConfig, plan, run_sweep
+    from bench.planning.sweep import RunConfig, plan, run_sweep
+    from bench.running.engines import choose_engine
+    from bench.storing.results_store import create_results_dir
+    from bench.storing.statistics import default_reference
 
     if args.engine != "locust" and (args.locust_workers or args.locust_ui or args.locust_remote_workers):
         raise UsageError("--locust-workers, --locust-ui and --locust-remote-workers apply to --engine locust")
     if args.engine == "locust" and (args.workload != "closed" or args.find_max or args.idle != "0"):
         raise UsageError("--engine locust drives the closed loop only (no --workload open/churn, --idle or --find-max)")
     if args.target:
-        from bench.target import parse_target
+        from bench.running.target import parse_target
 
         target = parse_target(args.target, args.allow_remote)
         if args.models != "all":
@@ -119,7 +119,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError("--rate applies to --workload open only")
     slo_p99_us = None
     if args.find_max:
-        from bench.find_max import parse_slo
+        from bench.planning.find_max import parse_slo
 
         if not args.slo:
             raise UsageError("--find-max needs an objective, e.g. --slo p99=2ms")
@@ -202,7 +202,7 @@ class _Progress:
     point and phase (bench.live_display)."""
 
     def __init__(self, display: LiveProgress) -> None:
-        from bench.sweep import PHASE_DONE
+        from bench.planning.sweep import PHASE_DONE
 
         self.run_dir: Path | None = None
         self.display = display
@@ -248,8 +248,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def _render(path: Path) -> Path:
     """The run's report (an explain run's page), or a one-line error naming what is damaged."""
-    from bench.explain_page import render_explain
-    from bench.report import render_report
+    from bench.reporting.explain_page import render_explain
+    from bench.reporting.report import render_report
 
     try:
         if json.loads((path / "run.json").read_text()).get("kind") == "explain":
@@ -394,19 +394,19 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="list the I/O models and whether each can run here")
     models.add_argument("--json", action="store_true")
     models.set_defaults(func=cmd_models)
-    from bench.host import add_host_parser
+    from bench.measuring.host import add_host_parser
 
     add_host_parser(sub)
-    from bench.compare import add_compare_parser
+    from bench.reporting.compare import add_compare_parser
 
     add_compare_parser(sub)
-    from bench.syscall_profile import add_profile_parser
+    from bench.tracing.syscall_profile import add_profile_parser
 
     add_profile_parser(sub)
-    from bench.explain import add_explain_parser
+    from bench.tracing.explain import add_explain_parser
 
     add_explain_parser(sub)
-    from bench.serve import add_serve_parser
+    from bench.running.serve import add_serve_parser
 
     add_serve_parser(sub)
     return parser

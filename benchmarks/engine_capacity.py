@@ -12,7 +12,7 @@ client CPU, closed loop (one request outstanding per connection, 64-byte payload
           as `bench run --engine locust --locust-workers 1` drives it,
   plain:  benchmarks/plain_client.c, a ~100-line closed-loop epoll client that shares no code
           with the engines: what anybody would write, the yardstick the others are divided by.
-The first three are made by bench.engines.make_engine exactly as `bench run --engine` makes them,
+The first three are made by bench.running.engines.make_engine exactly as `bench run --engine` makes them,
 so this measures the engines the harness uses, with their own connect phase and schedule.
 Repeats are interleaved: within a connection count, every repeat runs each engine once, and the
 order rotates from repeat to repeat, so drift on this shared host favours no engine.
@@ -46,22 +46,22 @@ from typing import Any, NoReturn
 import psutil
 
 import cbuild
-from bench.engines import LoadEngine, make_engine, unavailable_reason
 from bench.errors import PointFailed
-from bench.host import describe_host
-from bench.interference import (
+from bench.measuring.host import describe_host
+from bench.measuring.interference import (
     FOREIGN_LIMIT_PCT,
     STEAL_LIMIT_PCT,
     HostSnapshot,
     Interference,
     wait_for_quiet,
 )
-from bench.interference import compare as compare_host
-from bench.interference import snapshot as host_snapshot
-from bench.load_workers import LoadPlan
-from bench.pipes import MessageReader
-from bench.sampler import sample_tree
-from bench.server_control import ServerUnderTest
+from bench.measuring.interference import compare as compare_host
+from bench.measuring.interference import snapshot as host_snapshot
+from bench.measuring.sampler import sample_tree
+from bench.running.engines import LoadEngine, make_engine, unavailable_reason
+from bench.running.load_workers import LoadPlan
+from bench.running.pipes import MessageReader
+from bench.running.server_control import ServerUnderTest
 from loadgen.histogram import merge, summarize
 from servers import registry
 

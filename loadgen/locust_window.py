@@ -4,7 +4,7 @@ window, results back to the bench.
 loadgen/locust_user.py opens its measured window after --echo-warmup seconds counted from each
 process's own test start: good enough for a person at a terminal, but the bench needs every
 worker to measure the window it planned on CLOCK_MONOTONIC, as its built-in engine does. With
---echo-bench-schedule (set by bench.locust_engine on the master and passed on by Locust to every
+--echo-bench-schedule (set by bench.running.locust_engine on the master and passed on by Locust to every
 worker, remote ones included):
 
   worker  every few ms, if its count of open connections or connect errors changed, sends

@@ -70,7 +70,7 @@ class LoopResult:
     timeline: dict | None = None
     # Connections the server closed or reset before their first echo (a subset of the reset
     # and short_read errors): what a server shedding connections at its descriptor limit
-    # looks like from the client (bench.shed).
+    # looks like from the client (bench.measuring.shed).
     closed_before_echo: int = 0
 
 

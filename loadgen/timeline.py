@@ -3,8 +3,8 @@ window's end, warm-up included.
 
 It lives in loadgen because it is the workers' wire format, like loadgen.histogram: the Python
 worker records it with Recorder, the compiled worker (loadgen/native/worker.c) writes the same
-JSON, and the manager (bench.load_workers) merges the workers' timelines with `merge`. What a
-timeline says about the point (its stability) is judged in bench.stability.
+JSON, and the manager (bench.running.load_workers) merges the workers' timelines with `merge`. What a
+timeline says about the point (its stability) is judged in bench.measuring.stability.
 
 Format (one worker's, in its `result` message):
 
@@ -31,7 +31,7 @@ import math
 from typing import Any
 
 # 100 ms: short enough to show a stall of a few hundred ms, long enough that a bin of a point at
-# a few thousand req/s holds hundreds of completions (counting noise, see bench.stability).
+# a few thousand req/s holds hundreds of completions (counting noise, see bench.measuring.stability).
 STEP_S = 0.1
 # Window edges are computed by the manager as start_at + warm-up: float rounding puts them
 # nanoseconds off a bin edge even when the warm-up is a whole number of bins.

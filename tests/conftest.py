@@ -30,7 +30,7 @@ BUILTIN_ENGINES = ("c", "python")
 @pytest.fixture(params=BUILTIN_ENGINES)
 def engine(request: pytest.FixtureRequest) -> str:
     """Each built-in load engine by name; one that cannot run here is skipped with its reason."""
-    from bench.engines import unavailable_reason
+    from bench.running.engines import unavailable_reason
 
     if (reason := unavailable_reason(request.param)) is not None:
         pytest.skip(f"engine {request.param} unavailable: {reason}")

@@ -158,7 +158,7 @@ class PipeHolderServer(_PerConnectionThreads):
 class SheddingServer(EchoServer):
     """Sheds as a server at its descriptor limit does (issue 13), but at CAP open connections
     instead of at RLIMIT_NOFILE: a connection accepted beyond CAP is closed at once, each
-    episode is said on stdout as it ends, and a stats line at a clean exit (bench.shed's
+    episode is said on stdout as it ends, and a stats line at a clean exit (bench.measuring.shed's
     protocol); each SO_REUSEPORT process for itself."""
 
     name = "shed"

@@ -16,7 +16,7 @@ import pytest
 from bench_cli import bench_command, bench_env, only_run_dir, read_points, run_bench
 from faulty_models import EXTRA_MODELS
 
-from bench.columns import POINT_COLUMNS
+from bench.storing.columns import POINT_COLUMNS
 from loadgen import c_worker
 
 # The columns issue 2 names, in its order; later columns may follow, none may be renamed.

@@ -19,7 +19,7 @@ import pytest
 # The report tests' browser fixture and page helpers, shared rather than written again.
 from test_browser_reports import _assert_drawn, _open, _screenshot, _svg_sizes, chromium  # noqa: F401
 
-from bench.explain_page import render_explain
+from bench.reporting.explain_page import render_explain
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "explain_run"
 

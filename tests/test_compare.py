@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from bench_cli import bench_env, run_bench
 
-from bench import compare
-from bench.columns import POINT_COLUMNS
 from bench.errors import UsageError
+from bench.reporting import compare
+from bench.storing.columns import POINT_COLUMNS
 
 HOST: dict[str, Any] = {
     "kernel": "6.18.0-1",
@@ -291,7 +291,7 @@ def test_three_runs_each_against_the_first(two_runs, tmp_path):
 # tests do not depend on the subcommand being wired; `test_wired_into_bench_cli` covers the wiring.
 SHIM = """
 import argparse, sys
-from bench.compare import add_compare_parser
+from bench.reporting.compare import add_compare_parser
 from bench.errors import UsageError
 parser = argparse.ArgumentParser(prog="bench")
 add_compare_parser(parser.add_subparsers(dest="command", required=True))
@@ -439,8 +439,8 @@ def test_two_real_tiny_runs(tmp_path):
 
 
 def test_the_same_run_twice_is_refused(tmp_path):
-    from bench.compare import build_comparison
     from bench.errors import UsageError
+    from bench.reporting.compare import build_comparison
 
     run = write_run(tmp_path / "res", "run-a", _points(1.0, 1.0, payload=64))
     with pytest.raises(UsageError, match="same run"):

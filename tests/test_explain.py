@@ -1,8 +1,8 @@
 """`bench explain`: each model's path of one request, read from a real strace of a real server.
 
-The category tests read the raw trace files themselves (bench.strace_log only splits lines) and
+The category tests read the raw trace files themselves (bench.tracing.strace_log only splits lines) and
 check, against the client's own send and receive times, the pattern that gives each of Stevens'
-five I/O models its figure (UNP §6.2). They do not trust bench.io_phases' classification; a
+five I/O models its figure (UNP §6.2). They do not trust bench.tracing.io_phases' classification; a
 further test checks that the classification agrees.
 """
 
@@ -20,9 +20,9 @@ import pytest
 from bench_cli import TESTS_DIR, alive, bench_command, bench_env, only_run_dir, run_bench
 from faulty_models import EXTRA_MODELS
 
-from bench.io_phases import READ_CALLS, READINESS_CALLS, Exchange, request_paths
-from bench.report import render_report
-from bench.strace_log import TracedCall, parse_trace
+from bench.reporting.report import render_report
+from bench.tracing.io_phases import READ_CALLS, READINESS_CALLS, Exchange, request_paths
+from bench.tracing.strace_log import TracedCall, parse_trace
 from servers import registry
 
 pytestmark = pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")

@@ -1,4 +1,4 @@
-"""explain.html and its figures (bench.explain_svg, bench.explain_page) from a real `bench explain` run.
+"""explain.html and its figures (bench.reporting.explain_svg, .explain_page) from a real `bench explain` run.
 
 The fixture is the run.json of a real run on a 2-CPU VM (13 models, 6 requests each, 20 ms think time) with the raw
 traces of two models, epoll and threads; the other models' trace links point at files not kept. Every expected number
@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from bench.explain_page import reading, render_explain
-from bench.explain_svg import (
+from bench.reporting.explain_page import reading, render_explain
+from bench.reporting.explain_svg import (
     BREAK_S,
     MAX_WIDTH,
     comparison_figure,
@@ -30,7 +30,7 @@ from bench.explain_svg import (
     summary_rows,
     text_width,
 )
-from bench.io_phases import COPY, NEXT_WAIT, POLL, WAIT, WAIT_AND_COPY
+from bench.tracing.io_phases import COPY, NEXT_WAIT, POLL, WAIT, WAIT_AND_COPY
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "explain_run"
 SVG = "{http://www.w3.org/2000/svg}"

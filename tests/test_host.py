@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from bench import host
-from bench.cpus import default_pinning
+from bench.measuring import host
+from bench.running.cpus import default_pinning
 
 PLACEHOLDER = re.compile(r"\{[^{}]*\}|%[sdr]")
 REQUIRED_SYSCTLS = (

@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 from bench_cli import run_bench
 
-from bench import sweep
-from bench.cpus import Pinning
-from bench.engines import choose_engine
-from bench.host_probe import CrossPeer, HostProbe, ShiftWatch, probe_cpus, shift_reason
-from bench.results_store import RunDirectory
+from bench.measuring.host_probe import CrossPeer, HostProbe, ShiftWatch, probe_cpus, shift_reason
+from bench.planning import sweep
+from bench.running.cpus import Pinning
+from bench.running.engines import choose_engine
+from bench.storing.results_store import RunDirectory
 
 CPUS = sorted(os.sched_getaffinity(0))
 needs_two_cpus = pytest.mark.skipif(len(CPUS) < 2, reason="needs two CPUs: one for the server, one for the client")

@@ -1,4 +1,4 @@
-"""The five I/O models' lessons as findings (bench.lessons), and the gate every comparison passes."""
+"""The five I/O models' lessons as findings (bench.reporting.lessons), and the gate every comparison passes."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from bench_cli import run_bench
 
-from bench.lesson_plan import BUSY_RATE, LESSON_ACTIVE, LESSON_IDLE, lesson_points
-from bench.lessons import bins_ratio, contrast, cost_findings, lesson_findings
+from bench.planning.lesson_plan import BUSY_RATE, LESSON_ACTIVE, LESSON_IDLE, lesson_points
+from bench.reporting.lessons import bins_ratio, contrast, cost_findings, lesson_findings
 
 
 def _row(model: str, connections: int, rps: float, repeat: int = 0, **extra) -> dict:
@@ -171,8 +171,8 @@ def test_the_plan_adds_the_points_the_lessons_need():
 
 
 def test_a_point_the_sweep_and_the_lessons_share_is_measured_once(tmp_path):
-    from bench.cpus import Pinning
-    from bench.sweep import RunConfig, plan
+    from bench.planning.sweep import RunConfig, plan
+    from bench.running.cpus import Pinning
 
     config = RunConfig(
         models=["select", "poll", "epoll"], connections=[10], payload=64, duration_s=1.0, warmup_s=0.5, repeats=2,

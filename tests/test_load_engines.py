@@ -17,8 +17,8 @@ from bench_cli import TESTS_DIR
 from faulty_models import EXTRA_MODELS
 from hdrh.histogram import HdrHistogram
 
-from bench.engines import engine_class, make_engine
-from bench.load_workers import ConnectPhase, LoadPlan, LoadResult
+from bench.running.engines import engine_class, make_engine
+from bench.running.load_workers import ConnectPhase, LoadPlan, LoadResult
 from loadgen.histogram import encode_counts, merge, new_histogram, summarize
 
 HOST = "127.0.0.1"

@@ -1,4 +1,4 @@
-"""The Locust engine (bench/locust_engine.py) against a real epoll server: a master and two local
+"""The Locust engine (bench/running/locust_engine.py) against a real epoll server: a master and two local
 workers, the measured window on the shared monotonic clock, microsecond histograms merged, and
 every process it started gone, by PID, after stop().
 
@@ -20,8 +20,8 @@ import pytest
 from server_process import HOST, ServerProcess, StartServer
 
 from bench.errors import PointFailed
-from bench.load_workers import LoadPlan
-from bench.locust_engine import LocustWorkers
+from bench.running.load_workers import LoadPlan
+from bench.running.locust_engine import LocustWorkers
 from loadgen.histogram import merge
 
 CONNECTIONS = 100

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from bench_cli import only_run_dir, read_points, run_bench
 
-from bench.interference import HostSnapshot, cpu_split
-from bench.statistics import add_repeat_statistics, estimate, median_interval, ranking_warnings, ratio_estimate
+from bench.measuring.interference import HostSnapshot, cpu_split
+from bench.storing.statistics import add_repeat_statistics, estimate, median_interval, ranking_warnings, ratio_estimate
 
 
 def test_estimate_median_ci_and_cv():

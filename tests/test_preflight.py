@@ -10,8 +10,8 @@ import dataclasses
 
 import pytest
 
-from bench.point import PointSpec
-from bench.preflight import (
+from bench.running.point import PointSpec
+from bench.running.preflight import (
     FILE_MAX_RESERVE,
     KERNEL_BYTES_PER_CONNECTION,
     MEMORY_HEADROOM_BYTES,

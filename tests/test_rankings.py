@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.rankings import leader_sentence, paired_ratios, ranking_findings
-from bench.report import render_report
-from bench.results_store import RunDirectory, new_run_meta
-from bench.statistics import finalize_run_statistics
+from bench.reporting.rankings import leader_sentence, paired_ratios, ranking_findings
+from bench.reporting.report import render_report
+from bench.storing.results_store import RunDirectory, new_run_meta
+from bench.storing.statistics import finalize_run_statistics
 
 
 def _rows(model: str, rps: list[float], level: int = 100, **extra) -> list[dict]:

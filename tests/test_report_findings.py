@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from bench.report import baseline_findings, caveat_findings
-from bench.report_timeline import sparkline
+from bench.reporting.report import baseline_findings, caveat_findings
+from bench.reporting.report_timeline import sparkline
 
 
 def _rows(model: str, rps: list[float], server_pct: float, client_pct: float, level: int = 100) -> list[dict]:

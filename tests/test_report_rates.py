@@ -1,5 +1,5 @@
 """Rate sweeps: `--rate` as a list, one point per rate, the knee and its finding, the three rate
-plots (bench/report_rates.py), and run directories written before --rate took a list. Bad --rate input
+plots (bench/reporting/report_rates.py), and run directories written before --rate took a list. Bad --rate input
 is among the one-line errors of tests/test_bench_run.py."""
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ import pandas as pd
 import pytest
 from bench_cli import only_run_dir, read_points, run_bench
 
-from bench import compare
 from bench.cli import _rate_list
-from bench.cpus import Pinning
 from bench.errors import UsageError
-from bench.find_max import RATE_TOLERANCE, keeps_up
-from bench.report_rates import find_knee, knees, rate_curve, rate_findings, rate_plots
-from bench.sweep import RunConfig, plan
+from bench.planning.find_max import RATE_TOLERANCE, keeps_up
+from bench.planning.sweep import RunConfig, plan
+from bench.reporting import compare
+from bench.reporting.report_rates import find_knee, knees, rate_curve, rate_findings, rate_plots
+from bench.running.cpus import Pinning
 
 RATES = [5000.0, 20000.0, 60000.0, 120000.0]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from bench.report_summary import summary_table
+from bench.reporting.report_summary import summary_table
 
 
 def _rows(model: str, rps: list[float], level: int = 100, **extra) -> list[dict]:

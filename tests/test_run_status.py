@@ -17,7 +17,7 @@ import psutil
 import pytest
 from bench_cli import bench_command, bench_env, kill_leftovers, only_run_dir, read_points, run_bench
 
-from bench.results_store import UNCHECKED_STALE_S, effective_status, new_run_meta, writer_fields
+from bench.storing.results_store import UNCHECKED_STALE_S, effective_status, new_run_meta, writer_fields
 
 HOST = os.uname().nodename
 

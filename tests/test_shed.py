@@ -1,5 +1,5 @@
 """Issue 13: the connections a server sheds at its descriptor limit, as the harness reads them
-from the server's stdout (bench.shed, bench.server_control) and as the load workers see them
+from the server's stdout (bench.measuring.shed, bench.running.server_control) and as the load workers see them
 (connections closed before their first echo)."""
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from bench_cli import only_run_dir, read_points, run_bench
 from faulty_models import EXTRA_MODELS
 from test_load_engines import drive, faulty_env  # noqa: F401 - faulty_env is a fixture used by name
 
-from bench.load_workers import LoadPlan
-from bench.processes import READ_TO_END_S
-from bench.server_control import ServerUnderTest
-from bench.shed import ShedTally, fill_row, shed_findings
+from bench.measuring.shed import ShedTally, fill_row, shed_findings
+from bench.running.load_workers import LoadPlan
+from bench.running.processes import READ_TO_END_S
+from bench.running.server_control import ServerUnderTest
 
 
 def _tally(*messages: dict, processes: int = 1) -> ShedTally:

@@ -248,7 +248,7 @@ def test_a_blocking_gate_sleeps_out_a_pause(table: Table, monkeypatch: pytest.Mo
 
 
 def test_ledger_lines(capfd: pytest.CaptureFixture[str]) -> None:
-    """The protocol the harness reads (bench/shed.py): shed lines as episodes end, the stats
+    """The protocol the harness reads (bench/measuring/shed.py): shed lines as episodes end, the stats
     line at a clean exit and on request (written straight to fd 1, signal-safe)."""
     ledger = ShedLedger()
     ledger.shed("EMFILE")

@@ -1,4 +1,5 @@
-"""bench.statistics' percentile bootstrap (scipy.stats.bootstrap): seeded, a point for constant data, none unbounded."""
+"""bench.storing.statistics' percentile bootstrap (scipy.stats.bootstrap): seeded, a point for constant
+data, none unbounded."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 
-from bench.statistics import BOOTSTRAP_RESAMPLES, CONFIDENCE, bootstrap_interval, estimate
+from bench.storing.statistics import BOOTSTRAP_RESAMPLES, CONFIDENCE, bootstrap_interval, estimate
 
 
 def test_bootstrap_interval_is_the_percentile_interval_of_the_resampled_statistic():

@@ -23,7 +23,7 @@ from bench_cli import TESTS_DIR, alive, only_run_dir
 from faulty_models import EXTRA_MODELS
 
 from bench.errors import UsageError
-from bench.syscall_profile import (
+from bench.tracing.syscall_profile import (
     SYSCALL_COLUMNS,
     SYSCALLS_FILE,
     add_profile_parser,

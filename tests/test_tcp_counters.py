@@ -1,4 +1,4 @@
-"""The kernel's TCP counters per point (bench.tcp_counters) and `bench run --backlog N`.
+"""The kernel's TCP counters per point (bench.measuring.tcp_counters) and `bench run --backlog N`.
 
 Parsing and the findings on hand-made inputs; every model's listen() given the backlog asked for
 (read back with ss); and the issue's case on loopback: churn against a backlog of 8 overflows the
@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from bench_cli import only_run_dir, read_points, run_bench
 
-from bench.tcp_counters import (
+from bench.measuring.tcp_counters import (
     COUNTERS,
     deltas,
     explain,

@@ -12,9 +12,9 @@ import pytest
 from bench_cli import TESTS_DIR, only_run_dir, read_points, run_bench
 from faulty_models import EXTRA_MODELS
 
-from bench.engines import make_engine
-from bench.load_workers import LoadPlan
-from bench.stability import COUNTING_NOISE_K, MIN_BINS, UNSTEADY_CV, assess, fill_row, threshold
+from bench.measuring.stability import COUNTING_NOISE_K, MIN_BINS, UNSTEADY_CV, assess, fill_row, threshold
+from bench.running.engines import make_engine
+from bench.running.load_workers import LoadPlan
 from loadgen.timeline import MAX_BINS, STEP_S, Recorder, bin_count, merge, window_bins
 
 START = 1000.0

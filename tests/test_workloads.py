@@ -7,9 +7,9 @@ import socket
 import pytest
 from bench_cli import only_run_dir, read_points, run_bench
 
-from bench.accept_queue import accept_queue, wait_accepted
-from bench.point import PointSpec, round_time_note
-from bench.sweep import auto_server_workers
+from bench.measuring.accept_queue import accept_queue, wait_accepted
+from bench.planning.sweep import auto_server_workers
+from bench.running.point import PointSpec, round_time_note
 from loadgen.connect import open_connections
 from loadgen.source_addresses import PER_ADDRESS, addresses_needed, per_address, source_address
 
