@@ -82,8 +82,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bench.live_display import LiveProgress
     from bench.planning.sweep import RunConfig, plan, run_sweep
     from bench.running.engines import choose_engine
+    from bench.running.point import PointSpec
     from bench.storing.results_store import create_results_dir
     from bench.storing.statistics import default_reference
+    from servers.base import DEFAULT_BACKLOG
 
     if args.engine != "locust" and (args.locust_workers or args.locust_ui or args.locust_remote_workers):
         raise UsageError("--locust-workers, --locust-ui and --locust-remote-workers apply to --engine locust")
@@ -144,36 +146,42 @@ def cmd_run(args: argparse.Namespace) -> int:
     if lessons and (workload != "closed" or target or args.engine == "locust" or args.find_max):
         raise UsageError("--lessons goes with a closed loop on servers bench starts (no --target, Locust, --find-max)")
     engine, engine_warnings = choose_engine(args.engine)
-    backlog = None if target else _backlog(args.backlog)
+    point = PointSpec(
+        model="",
+        connections=0,
+        payload=int(_positive(args.payload, "--payload")),
+        repeat=0,
+        workload=workload,
+        server_workers=_server_workers(args.server_workers),
+        fork_cap=int(_positive(args.fork_cap, "--fork-cap")),
+        request_timeout_s=_positive(args.request_timeout, "--request-timeout"),
+        target=target,
+        engine=engine,
+        locust_workers=int(_positive(args.locust_workers, "--locust-workers", allow_zero=True)),
+        locust_ui=args.locust_ui,
+        locust_remote_workers=int(_positive(args.locust_remote_workers, "--locust-remote-workers", allow_zero=True)),
+        # With --target the listen backlog is the other server's: recorded as the servers' default.
+        backlog=_backlog(args.backlog) if not target else DEFAULT_BACKLOG,
+    )
     config = RunConfig(
         models=models,
         connections=_int_list(args.connections, "--connections"),
-        payload=int(_positive(args.payload, "--payload")),
         duration_s=_positive(args.duration, "--duration"),
         warmup_s=_positive(args.warmup, "--warmup", allow_zero=True),
         repeats=int(_positive(args.repeats, "--repeats")),
         out=Path(args.out),
         pinning=pinning,
+        point=point,
         unavailable=unavailable,
         ready_timeout_s=_positive(args.ready_timeout, "--ready-timeout"),
-        workload=workload,
         idle=_int_list(args.idle, "--idle", minimum=0),
         rates=rates,
-        server_workers=_server_workers(args.server_workers),
-        request_timeout_s=_positive(args.request_timeout, "--request-timeout"),
-        fork_cap=int(_positive(args.fork_cap, "--fork-cap")),
-        backlog=backlog,
         lessons=lessons,
         slo_p99_us=slo_p99_us,
         quiet_wait_s=_positive(args.quiet_wait, "--quiet-wait", allow_zero=True),
         remeasure=int(_positive(args.remeasure, "--remeasure", allow_zero=True)),
-        target=target,
-        engine=engine,
         engine_warnings=engine_warnings,
         reference=args.reference or default_reference([m for m in models if m not in unavailable]),
-        locust_workers=int(_positive(args.locust_workers, "--locust-workers", allow_zero=True)),
-        locust_ui=args.locust_ui,
-        locust_remote_workers=int(_positive(args.locust_remote_workers, "--locust-remote-workers", allow_zero=True)),
     )
     _stop_on_sigterm()
     create_results_dir(config.out)

@@ -49,7 +49,7 @@ def test_the_run_records_its_engine_and_c_is_the_default(tmp_path):
     run_dir = only_run_dir(tmp_path)
     (row,) = read_points(run_dir)
     assert row["engine"] == "c" and row["status"] == "ok"
-    assert json.loads((run_dir / "run.json").read_text())["config"]["engine"] == "c"
+    assert json.loads((run_dir / "run.json").read_text())["config"]["point"]["engine"] == "c"
     assert "load engine <b>c</b>" in (run_dir / "report.html").read_text()
 
 

@@ -23,6 +23,7 @@ from bench.measuring.host_probe import CrossPeer, HostProbe, ShiftWatch, probe_c
 from bench.planning import sweep
 from bench.running.cpus import Pinning
 from bench.running.engines import choose_engine
+from bench.running.point import PointSpec
 from bench.storing.results_store import RunDirectory
 
 CPUS = sorted(os.sched_getaffinity(0))
@@ -109,7 +110,7 @@ def _sweep(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, remeasure: int) -> t
     config = sweep.RunConfig(
         models=["epoll"],
         connections=[10],
-        payload=64,
+        point=PointSpec("", 0, 64, 0, engine=engine),
         # Under 5 whole 100 ms bins: no stability verdict, so --remeasure answers the host probe
         # alone (an unsteady point would be measured again too, and take the hogged check).
         duration_s=0.4,
@@ -117,7 +118,6 @@ def _sweep(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, remeasure: int) -> t
         repeats=3,
         out=tmp_path,
         pinning=Pinning((server_cpu,), (client_cpu,)),
-        engine=engine,
         engine_warnings=warnings,
         remeasure=remeasure,
     )

@@ -173,10 +173,11 @@ def test_the_plan_adds_the_points_the_lessons_need():
 def test_a_point_the_sweep_and_the_lessons_share_is_measured_once(tmp_path):
     from bench.planning.sweep import RunConfig, plan
     from bench.running.cpus import Pinning
+    from bench.running.point import PointSpec
 
     config = RunConfig(
-        models=["select", "poll", "epoll"], connections=[10], payload=64, duration_s=1.0, warmup_s=0.5, repeats=2,
-        out=tmp_path, pinning=Pinning((0,), (1,)), idle=[0, 1000], lessons=True,
+        models=["select", "poll", "epoll"], connections=[10], duration_s=1.0, warmup_s=0.5, repeats=2,
+        out=tmp_path, pinning=Pinning((0,), (1,)), point=PointSpec("", 0, 64, 0), idle=[0, 1000], lessons=True,
     )  # fmt: skip
     ids = [spec.point_id for spec in plan(config)]
     assert len(ids) == len(set(ids)) == 2 * 3 * 2, ids

@@ -19,6 +19,7 @@ from bench.planning.sweep import RunConfig, plan
 from bench.reporting import compare
 from bench.reporting.report_rates import find_knee, knees, rate_curve, rate_findings, rate_plots
 from bench.running.cpus import Pinning
+from bench.running.point import PointSpec
 
 RATES = [5000.0, 20000.0, 60000.0, 120000.0]
 
@@ -150,15 +151,16 @@ def test_rate_list_parsing():
 
 def test_plan_makes_a_point_per_rate_connections_then_rate_then_model():
     config = RunConfig(
-        models=["epoll", "poll"], connections=[10, 100], payload=64, duration_s=1, warmup_s=0, repeats=1,
-        out=Path("unused"), pinning=Pinning((0,), (1,)), workload="open", rates=[5000.0, 20000.0],
+        models=["epoll", "poll"], connections=[10, 100], duration_s=1, warmup_s=0, repeats=1,
+        out=Path("unused"), pinning=Pinning((0,), (1,)), point=PointSpec("", 0, 64, 0, "open"),
+        rates=[5000.0, 20000.0],
     )  # fmt: skip
     assert [(s.connections, s.rate, s.model) for s in plan(config)] == [
         (10, 5000.0, "epoll"), (10, 5000.0, "poll"), (10, 20000.0, "epoll"), (10, 20000.0, "poll"),
         (100, 5000.0, "epoll"), (100, 5000.0, "poll"), (100, 20000.0, "epoll"), (100, 20000.0, "poll"),
     ]  # fmt: skip
     assert len({s.point_id for s in plan(config)}) == 8
-    closed = RunConfig(**{**config.__dict__, "workload": "closed", "rates": []})
+    closed = RunConfig(**{**config.__dict__, "point": PointSpec("", 0, 64, 0, "closed"), "rates": []})
     assert {s.rate for s in plan(closed)} == {0.0}
 
 
@@ -185,6 +187,9 @@ def test_a_rate_list_runs_a_point_per_rate_and_old_single_rate_runs_still_render
     meta = json.loads((run / "run.json").read_text())
     config = meta["config"]
     config["rate"] = config.pop("rates")[0]
+    # And in schema 1's layout, the point template's fields at the top of config.
+    meta["schema_version"] = 1
+    config.update(config.pop("point"))
     (old / "run.json").write_text(json.dumps(meta))
     report = run_bench("report", str(old))
     assert report.returncode == 0, report.stderr

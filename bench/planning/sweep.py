@@ -7,7 +7,7 @@ import itertools
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
@@ -23,52 +23,47 @@ from bench.storing.columns import STATUS_SKIPPED
 from bench.storing.results_store import RunDirectory, new_run_id, new_run_meta, recording_status
 from bench.storing.statistics import default_reference, final_attempts, finalize_run_statistics, truthy
 from servers import registry
-from servers.base import DEFAULT_BACKLOG
 
 
 @dataclass(frozen=True)
 class RunConfig:
+    """A run: the sweep's axes (models, connections, idle counts, rates, repeats), its timing,
+    where it goes, and `point`, the template every point of the sweep is made from (payload,
+    workload, engine, server workers (0: auto per point), backlog, ...; its model, connections,
+    repeat, idle and rate are set per point by plan())."""
+
     models: list[str]
     connections: list[int]
-    payload: int
     duration_s: float
     warmup_s: float
     repeats: int
     out: Path
     pinning: Pinning
-    workload: str = "closed"
+    point: PointSpec
     ready_timeout_s: float = 15.0
     unavailable: dict[str, str] = field(default_factory=dict)
     idle: list[int] = field(default_factory=lambda: [0])
     # Open loop: the offered rates, req/s over all connections, one point each (--rate). Runs
     # before rate sweeps wrote a single `rate` number in run.json's config; nothing reads it back.
     rates: list[float] = field(default_factory=list)
-    # 0: auto, per point (auto_server_workers).
-    server_workers: int = 0
-    fork_cap: int = 1000
-    request_timeout_s: float = 2.0
     slo_p99_us: float | None = None
     quiet_wait_s: float = 0.0
-    target: str = ""
-    engine: str = "c"
     # Why the run uses another engine than the one it would have by default (bench.running.engines).
     engine_warnings: list[str] = field(default_factory=list)
     # The model paired ratios divide by; '' picks default_reference(models).
     reference: str = ""
-    locust_workers: int = 0
-    locust_ui: bool = False
-    locust_remote_workers: int = 0
     # Measure a point flagged host_shifted again, up to this many times (bench.measuring.host_probe).
     remeasure: int = 0
-    # listen()'s backlog for the servers bench starts (--backlog); None with --target.
-    backlog: int | None = DEFAULT_BACKLOG
     # Add the points the report's five lessons need (bench.planning.lesson_plan; --lessons).
     lessons: bool = False
 
     def as_dict(self) -> dict:
+        """run.json's `config` (schema 2): the template under `point`, without the fields
+        plan() sets per point."""
         d = asdict(self)
         d["out"] = str(self.out)
         d["pinning"] = self.pinning.as_dict()
+        d["point"] = {k: v for k, v in d["point"].items() if k not in PER_POINT}
         return d
 
 
@@ -97,19 +92,24 @@ def auto_server_workers(model: str, held: int, nofile: int | None = None) -> int
         return 1
 
 
+# PointSpec's fields that plan() sets for each point; the rest come from RunConfig.point.
+PER_POINT = ("model", "connections", "repeat", "idle", "rate")
+
+
 def plan(config: RunConfig) -> list[PointSpec]:
     """Every (model, connections) point per repeat, for each idle count and, in the open loop,
     each offered rate (connections, then idle, then rate, then model), then, with `lessons`,
     the points bench.planning.lesson_plan adds; the model order rotates between repeats so that a slow
     drift of the host does not always land on the same model."""
     specs = []
-    rates = config.rates if config.workload == "open" and config.rates else [0.0]
+    workload = config.point.workload
+    rates = config.rates if workload == "open" and config.rates else [0.0]
     for repeat in range(config.repeats):
         shift = repeat % len(config.models)
         models = config.models[shift:] + config.models[:shift]
         for connections, idle, rate, model in itertools.product(config.connections, config.idle, rates, models):
-            workload = "idle" if idle and config.workload == "closed" else config.workload
-            specs.append(_spec(config, model, connections, repeat, workload, idle, rate))
+            kind = "idle" if idle and workload == "closed" else workload
+            specs.append(_spec(config, model, connections, repeat, kind, idle, rate))
         if config.lessons:
             available = [m for m in models if m not in config.unavailable]
             for p in lesson_points(available, config.connections, config.idle):
@@ -123,24 +123,16 @@ def plan(config: RunConfig) -> list[PointSpec]:
 def _spec(
     config: RunConfig, model: str, connections: int, repeat: int, workload: str, idle: int, rate: float
 ) -> PointSpec:
-    return PointSpec(
-        model,
-        connections,
-        config.payload,
-        repeat,
-        workload,
+    held = 0 if workload == "churn" else connections + idle
+    return replace(
+        config.point,
+        model=model,
+        connections=connections,
+        repeat=repeat,
+        workload=workload,
         idle=idle,
         rate=rate,
-        server_workers=config.server_workers
-        or auto_server_workers(model, 0 if workload == "churn" else connections + idle),
-        fork_cap=config.fork_cap,
-        request_timeout_s=config.request_timeout_s,
-        target=config.target,
-        engine=config.engine,
-        locust_workers=config.locust_workers,
-        locust_ui=config.locust_ui,
-        locust_remote_workers=config.locust_remote_workers,
-        backlog=config.backlog or DEFAULT_BACKLOG,
+        server_workers=config.point.server_workers or auto_server_workers(model, held),
     )
 
 
@@ -289,7 +281,7 @@ def run_sweep(
         **new_run_meta(run_id),
         "config": config.as_dict(),
         "points_planned": len(specs),
-        "models": [registry.describe(m).as_dict() for m in config.models if not config.target],
+        "models": [registry.describe(m).as_dict() for m in config.models if not config.point.target],
         "host": describe_host(config.pinning.as_dict()),
     }
     run_dir.write_run(meta)

@@ -31,7 +31,7 @@ from bench.measuring.host import flatten_host, show_value
 from bench.reporting.pages import environment
 from bench.reporting.wording import and_list
 from bench.storing.columns import STATUS_OK
-from bench.storing.results_store import POINTS_FILE, RUN_FILE, STATUS_ABANDONED, effective_status
+from bench.storing.results_store import POINTS_FILE, RUN_FILE, STATUS_ABANDONED, effective_status, upgrade_run_meta
 
 # numpy, pandas, scipy (and bench.storing.statistics, which needs pandas) are imported inside the functions
 # that use them: `bench` builds every subcommand's parser on each start, and they would add ~0.6 s
@@ -291,7 +291,7 @@ def load_run(text: str, label: str) -> Run:
     path = resolve_run_dir(text)
     run_file, points_file = path / RUN_FILE, path / POINTS_FILE
     try:
-        meta = json.loads(run_file.read_text())
+        meta = upgrade_run_meta(json.loads(run_file.read_text()))
     except UnicodeDecodeError:
         raise UsageError(f"{run_file} is damaged: not UTF-8 text") from None
     except OSError as exc:
@@ -499,7 +499,9 @@ def _mapping(meta: Mapping[str, Any], name: str) -> Mapping[str, Any]:
 
 
 def _config_skip(name: str) -> bool:
-    return name.split(".")[0] in CONFIG_SKIP
+    # The point template's fields (config.point.*, schema 2) are skipped by their own names.
+    parts = name.split(".")
+    return parts[0] in CONFIG_SKIP or (parts[0] == "point" and len(parts) > 1 and parts[1] in CONFIG_SKIP)
 
 
 def build_comparison(run_paths: Sequence[str], metric_names: Sequence[str] = DEFAULT_METRICS) -> Comparison:

@@ -416,7 +416,7 @@ def render_report(run_path: Path) -> Path:
         profile_origin=profile_origin,
         diagrams=diagrams,
         explain_run=explain_run,
-        engine=describe_engine(meta.get("config", {}).get("engine", "builtin")),
+        engine=describe_engine(meta.get("config", {}).get("point", {}).get("engine", "builtin")),
     )
     write_text_atomic(run_dir.report_file, html)
     write_index(run_dir.path.parent)

@@ -23,7 +23,23 @@ from typing import Any
 
 from bench.storing.columns import POINT_COLUMNS
 
-SCHEMA_VERSION = 1
+# 2: a sweep's config holds the point template under `point` (payload, workload, engine, ...);
+# 1 had those fields at the top of config. upgrade_run_meta reads 1 as 2.
+SCHEMA_VERSION = 2
+# The fields schema 1 kept at the top of a sweep's config, which schema 2 keeps under `point`.
+POINT_TEMPLATE_FIELDS = (
+    "payload",
+    "workload",
+    "server_workers",
+    "fork_cap",
+    "request_timeout_s",
+    "target",
+    "engine",
+    "locust_workers",
+    "locust_ui",
+    "locust_remote_workers",
+    "backlog",
+)
 RUN_FILE = "run.json"
 POINTS_FILE = "points.csv"
 HISTOGRAMS_FILE = "histograms.jsonl"
@@ -59,6 +75,21 @@ def create_results_dir(out: Path) -> None:
         Path(out).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"cannot create --out {out}: {exc.strerror}") from None
+
+
+def upgrade_run_meta(meta: Any) -> Any:
+    """run.json as the current schema (SCHEMA_VERSION) lays it out, from any earlier one: schema
+    1's point fields move from `config` to `config.point`. Anything not a run.json object is
+    returned as it is, for the caller's own check to reject."""
+    if not isinstance(meta, dict):
+        return meta
+    config = meta.get("config")
+    old = int(meta.get("schema_version") or 1) < 2 and meta.get("kind", "run") == "run"
+    if old and isinstance(config, dict) and "point" not in config:
+        point = {k: v for k, v in config.items() if k in POINT_TEMPLATE_FIELDS}
+        rest = {k: v for k, v in config.items() if k not in POINT_TEMPLATE_FIELDS}
+        meta = {**meta, "config": {**rest, "point": point}}
+    return meta
 
 
 def new_run_meta(run_id: str) -> dict[str, Any]:
@@ -202,8 +233,9 @@ class RunDirectory:
         write_json_atomic(self.run_file, {"schema_version": SCHEMA_VERSION, **meta})
 
     def read_run(self) -> dict[str, Any]:
+        """run.json, in the current schema whatever schema wrote it (upgrade_run_meta)."""
         with open(self.run_file) as fh:
-            return json.load(fh)
+            return upgrade_run_meta(json.load(fh))
 
     def append_point(self, row: dict[str, Any], histograms: dict[str, str]) -> None:
         new = not self.points_file.exists()
