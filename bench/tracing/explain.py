@@ -21,7 +21,6 @@ import math
 import socket
 import statistics
 import struct
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -38,9 +37,9 @@ from bench.tracing.io_phases import UNEXPLAINED, Exchange, medians, request_path
 from bench.tracing.strace import (
     StraceAttachment,
     add_traced_run_options,
-    harness_context,
     require_strace,
     strace_version,
+    trace_each_model,
     traced_run_choices,
 )
 from bench.tracing.strace_log import parse_trace
@@ -296,13 +295,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     config = _config(args)
     strace = require_strace("bench explain")
     create_results_dir(config.out)
-    from bench.live_display import LiveProgress
 
-    display = LiveProgress(len(config.models))
-    # Models are explained in the order given: the next one is the first not yet reported.
-    upcoming = list(config.models)
-
-    def progress(e: ModelExplanation) -> None:
+    def line(e: ModelExplanation) -> str:
         if e.status == STATUS_OK:
             m, waited_in = e.medians, (e.typical or {}).get("wait_call")
             where = f"waited in {waited_in}" if waited_in else "never waited in a call"
@@ -312,25 +306,15 @@ def cmd_explain(args: argparse.Namespace) -> int:
             )
         else:
             detail = e.reason
-        display.line(f"{e.model:>12} {e.status}: {detail}")
-        display.advance()
-        upcoming.pop(0)
-        if upcoming:
-            display.phase(f"{upcoming[0]}: explaining")
+        return f"{e.model:>12} {e.status}: {detail}"
 
-    run_dir = RunDirectory.create(config.out, new_run_id())
-    with harness_context(config.pinning.client):
-        try:
-            # Inside harness_context: the display's thread starts on the client CPUs.
-            with display:
-                if upcoming:
-                    display.phase(f"{upcoming[0]}: explaining")
-                run_explain(config, strace, on_model=progress, run_dir=run_dir)
-        except KeyboardInterrupt:
-            print("interrupted: the models explained so far are kept", file=sys.stderr)
-            if run_dir.run_file.exists():
-                render_explain(run_dir.path)
-            return 130
+    def run(on_model: Callable[[ModelExplanation], None], run_dir: RunDirectory) -> None:
+        run_explain(config, strace, on_model=on_model, run_dir=run_dir)
+
+    done = trace_each_model(config.models, "explaining", config.pinning.client, config.out, run, line, render_explain)
+    if done is None:
+        return 130
+    run_dir, _ = done
     page = render_explain(run_dir.path)
     print(f"run directory: {run_dir.path}\nexplain: {page}")
     return 0

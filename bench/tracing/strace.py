@@ -16,16 +16,19 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from bench.errors import PointFailed, UsageError
 from bench.planning.model_selection import select_models
 from bench.running.cpus import Pinning, default_pinning, parse_pinning
 from bench.running.pipes import deadline_in, remaining
 from bench.running.processes import process_tree
+from bench.storing.results_store import RunDirectory
 
 ATTACH_TIMEOUT_S = 15.0
 DETACH_TIMEOUT_S = 15.0
@@ -284,3 +287,47 @@ def harness_context(client_cpus: tuple[int, ...]) -> Iterator[None]:
     finally:
         signal.signal(signal.SIGTERM, previous)
         os.sched_setaffinity(0, affinity)
+
+
+def trace_each_model(
+    models: list[str],
+    verb: str,
+    client_cpus: tuple[int, ...],
+    out: Path,
+    run: Callable[[Callable[[Any], None], RunDirectory], Any],
+    line: Callable[[Any], str],
+    render: Callable[[Path], Path],
+) -> tuple[RunDirectory, Any] | None:
+    """The flow `bench profile` and `bench explain` share: a new run directory under `out`, the
+    harness on `client_cpus`, a live display of the models done (bench.live_display) with the
+    next one `verb`-ing, and run(on_model, run_dir) called inside; each finished model's line()
+    kept above the bar. Returns (run_dir, what run returned), or None when interrupted (Ctrl-C or
+    SIGTERM), after saying so and rendering what was kept with render(run path)."""
+    from bench.live_display import LiveProgress
+    from bench.storing.results_store import new_run_id
+
+    display = LiveProgress(len(models))
+    # Models are traced in the order given: the next one is the first not yet reported.
+    upcoming = list(models)
+
+    def on_model(result: Any) -> None:
+        display.line(line(result))
+        display.advance()
+        upcoming.pop(0)
+        if upcoming:
+            display.phase(f"{upcoming[0]}: {verb}")
+
+    run_dir = RunDirectory.create(out, new_run_id())
+    with harness_context(client_cpus):
+        try:
+            # Inside harness_context: the display's thread starts on the client CPUs.
+            with display:
+                if upcoming:
+                    display.phase(f"{upcoming[0]}: {verb}")
+                result = run(on_model, run_dir)
+        except KeyboardInterrupt:
+            print(f"interrupted: the models {verb.replace('ing', 'ed')} so far are kept", file=sys.stderr)
+            if run_dir.run_file.exists():
+                render(run_dir.path)
+            return None
+    return run_dir, result

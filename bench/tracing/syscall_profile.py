@@ -48,9 +48,9 @@ from bench.storing.results_store import RunDirectory, create_results_dir, new_ru
 from bench.tracing.strace import (
     StraceAttachment,
     add_traced_run_options,
-    harness_context,
     require_strace,
     strace_version,
+    trace_each_model,
     traced_run_choices,
 )
 
@@ -509,35 +509,19 @@ def cmd_profile(args: argparse.Namespace) -> int:
     config = _config(args)
     strace = require_strace("bench profile")
     create_results_dir(config.out)
-    from bench.live_display import LiveProgress
-
-    display = LiveProgress(len(config.models))
-    # Models are profiled in the order given: the next one is the first not yet reported.
-    upcoming = list(config.models)
-
-    def progress(p: ModelProfile) -> None:
-        detail = f"{p.requests:,} requests traced" if p.status == STATUS_OK else p.reason
-        display.line(f"{p.model:>12} {p.status}: {detail}")
-        display.advance()
-        upcoming.pop(0)
-        if upcoming:
-            display.phase(f"{upcoming[0]}: profiling")
-
     from bench.reporting.report import render_report
 
-    run_dir = RunDirectory.create(config.out, new_run_id())
-    with harness_context(config.pinning.client):
-        try:
-            # Inside harness_context: the display's thread starts on the client CPUs.
-            with display:
-                if upcoming:
-                    display.phase(f"{upcoming[0]}: profiling")
-                _, profiles = run_profile(config, strace, on_model=progress, run_dir=run_dir)
-        except KeyboardInterrupt:
-            print("interrupted: the models profiled so far are kept", file=sys.stderr)
-            if run_dir.run_file.exists():
-                render_report(run_dir.path)
-            return 130
+    def line(p: ModelProfile) -> str:
+        detail = f"{p.requests:,} requests traced" if p.status == STATUS_OK else p.reason
+        return f"{p.model:>12} {p.status}: {detail}"
+
+    def run(on_model: Callable[[ModelProfile], None], run_dir: RunDirectory) -> list[ModelProfile]:
+        return run_profile(config, strace, on_model=on_model, run_dir=run_dir)[1]
+
+    done = trace_each_model(config.models, "profiling", config.pinning.client, config.out, run, line, render_report)
+    if done is None:
+        return 130
+    run_dir, profiles = done
     print_summary(profiles, run_dir.path)
     report = render_report(run_dir.path)
     print(f"run directory: {run_dir.path}\nsyscalls: {run_dir.path / SYSCALLS_FILE}\nreport: {report}")
