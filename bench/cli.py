@@ -278,7 +278,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("model", "category", "available", "mechanism / reason")
+    table = Table("model", "I/O model (UNP §6.2)", "available", "mechanism / reason")
     for i in infos:
         table.add_row(i.name, i.category, "yes" if i.available else "no", i.mechanism if i.available else i.reason)
     Console().print(table)
