@@ -107,7 +107,7 @@ def test_every_ok_model_gets_a_sequence_diagram(meta):
         texts = _texts(root)
         assert "request sent (t = 0)" in texts
         assert f"echo read: round trip {duration(typ['received'] - typ['sent'])} (traced)" in texts
-        assert f"same exchange untraced: {duration(e['untraced_round_trip_us'] / 1e6)}" in texts
+        assert f"identical exchange untraced: {duration(e['untraced_round_trip_us'] / 1e6)}" in texts
         assert "kernel" in texts and "client" in texts
         for s in typ["steps"]:
             assert s["label"] in texts, (e["model"], s["label"])

@@ -374,7 +374,7 @@ def sequence_diagram(explanation: dict[str, Any]) -> str:
     sent_label = "request sent (t = 0)"
     got_label = [f"echo read: round trip {duration(rt)} (traced)"]
     if untraced is not None:
-        got_label.append(f"same exchange untraced: {duration(untraced / 1e6)}")
+        got_label.append(f"identical exchange untraced: {duration(untraced / 1e6)}")
     client_w = max([text_width(sent_label, bold=True), *(text_width(t) for t in got_label)])
     width = client_x + 10 + client_w + 10
 
