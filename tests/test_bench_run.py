@@ -241,3 +241,37 @@ def test_a_run_where_no_point_succeeds_exits_non_zero(tmp_path):
     assert "no point of this run was measured successfully" in proc.stderr
     (row,) = read_points(only_run_dir(tmp_path))
     assert row["status"] == "failed"
+
+
+@pytest.mark.timeout(60)
+def test_every_harness_thread_stays_off_the_server_cpus(tmp_path):
+    # Affinity is per thread: a thread born before the harness pins itself (numpy's OpenBLAS
+    # worker, once) would keep every CPU and could run beside the server.
+    allowed = sorted(os.sched_getaffinity(0))
+    if len(allowed) < 2:
+        pytest.skip("needs two CPUs")
+    server, client = allowed[0], allowed[1]
+    argv = ["run", "--models", "epoll", "--connections", "10", "--duration", "2", "--warmup", "0.5", "--no-lessons"]
+    argv += ["--server-cpus", str(server), "--client-cpus", str(client), "--out", str(tmp_path)]
+    proc = subprocess.Popen(bench_command(*argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=bench_env())
+    seen: dict[int, set[int]] = {}
+    try:
+        harness = psutil.Process(proc.pid)
+        deadline = time.monotonic() + 30
+        # Sampled while the point runs: once the server and a load worker are children.
+        while time.monotonic() < deadline and proc.poll() is None and len(seen) < 50:
+            if len(harness.children(recursive=True)) >= 2:
+                for tid in os.listdir(f"/proc/{proc.pid}/task"):
+                    try:
+                        seen.setdefault(int(tid), set()).update(os.sched_getaffinity(int(tid)))
+                    except OSError:
+                        continue
+            time.sleep(0.05)
+        proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0
+    assert seen, "the point was never seen running"
+    assert {tid: cpus for tid, cpus in seen.items() if cpus != {client}} == {}
