@@ -1,4 +1,4 @@
-"""`bench`: run sweeps, render reports, list the I/O models."""
+"""`bench`: run sweeps, render reports, list the servers."""
 
 from __future__ import annotations
 
@@ -223,19 +223,30 @@ class _Progress:
             f"{row['rps']:,.0f} req/s, p99 {row['p99_us']:,.0f} us" if status == STATUS_OK else row.get("reason", "")
         )
         again = " (host shifted: measuring again)" if row.get("superseded") else ""
-        self.display.line(f"{row['model']:>12} c={row['connections']:<6} r{row['repeat']} {status}: {detail}{again}")
+        point = f"{row['model']:>12} c={row['connections']:<6}"
+        kind = _kind(_number(row.get("idle")), _number(row.get("target_rate")))
+        self.display.line(f"{point}{kind} r{row['repeat']} {status}: {detail}{again}")
 
     def phase(self, spec: PointSpec, text: str) -> None:
         if text == self.done:
             self.display.advance()
             return
-        # The point as its line names it, with what sets it apart in a run of several kinds.
-        label = f"{spec.model} c={spec.connections}"
-        if spec.idle:
-            label += f" idle={spec.idle}"
-        if spec.rate:
-            label += f" rate={spec.rate:g}"
-        self.display.phase(f"{label} r{spec.repeat}: {text}")
+        self.display.phase(f"{spec.model} c={spec.connections}{_kind(spec.idle, spec.rate)} r{spec.repeat}: {text}")
+
+
+def _kind(idle: float, rate: float) -> str:
+    """What sets a point apart from the closed-loop one at the same connections, as its line and
+    the live display name it: ' idle=1000', ' rate=1000' (req/s offered), or ''."""
+    return (f" idle={idle:g}" if idle else "") + (f" rate={rate:g}" if rate else "")
+
+
+def _number(value: object) -> float:
+    """A row's cell as a number; 0 for an empty, missing or non-finite one."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return 0.0
+    return number if math.isfinite(number) else 0.0
 
 
 def _stop_on_sigterm() -> None:
@@ -399,7 +410,9 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="(re)write report.html of a run directory")
     report.add_argument("run_dir")
     report.set_defaults(func=cmd_report)
-    models = sub.add_parser("models", help="list the I/O models and whether each can run here")
+    models = sub.add_parser(
+        "models", help="list the servers (one per I/O model or variant of one) and whether each can run here"
+    )
     models.add_argument("--json", action="store_true")
     models.set_defaults(func=cmd_models)
     from bench.measuring.host import add_host_parser

@@ -52,3 +52,26 @@ def test_an_old_run_renders_and_compares_with_a_new_one(tmp_path):
     compared = run_bench("compare", str(old), str(new), "--out", str(tmp_path / "compare.html"))
     assert compared.returncode == 0, compared.stderr
     assert compare.build_comparison([str(old), str(new)]).settings == []
+
+
+def test_a_schema_version_this_bench_cannot_read_is_a_one_line_error(tmp_path):
+    for version in ("2a", 99):
+        run = tmp_path / f"v{version}"
+        shutil.copytree(OLD_RUN, run)
+        meta = json.loads((run / "run.json").read_text())
+        (run / "run.json").write_text(json.dumps({**meta, "schema_version": version}))
+        for argv in (["report", str(run)], ["compare", str(run), str(OLD_RUN), "--out", str(tmp_path / "c.html")]):
+            proc = run_bench(*argv)
+            assert proc.returncode == 2, proc.stderr
+            assert proc.stderr.count("\n") == 1 and "schema_version" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.timeout(60)
+def test_a_profile_run_reports_its_own_engine_and_payload(tmp_path):
+    # A profile run's config was never a sweep's: its engine and payload stay at the top.
+    profile = tmp_path / "profile"
+    shutil.copytree(OLD_RUN.parent / "20261130-140518-1f04", profile)
+    proc = run_bench("report", str(profile))
+    assert proc.returncode == 0, proc.stderr
+    html = (profile / "report.html").read_text()
+    assert "load engine <b>c</b>" in html and "sends 64 B" in html

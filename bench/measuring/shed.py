@@ -21,7 +21,7 @@ from typing import Any
 
 import pandas as pd
 
-from bench.reporting.wording import plural
+from bench.wording import plural
 
 SHED_EVENT = "shed"
 STATS_EVENT = "stats"

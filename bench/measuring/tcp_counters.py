@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import UsageError
-from bench.reporting.wording import and_list
 from bench.storing.columns import STATUS_FAILED, STATUS_OK
 from bench.storing.statistics import POINT_KEY
+from bench.wording import and_list
 
 NETSTAT = Path("/proc/net/netstat")
 SNMP = Path("/proc/net/snmp")

@@ -29,9 +29,9 @@ from typing import TYPE_CHECKING, Any
 from bench.errors import UsageError
 from bench.measuring.host import flatten_host, show_value
 from bench.reporting.pages import environment
-from bench.reporting.wording import and_list
 from bench.storing.columns import STATUS_OK
 from bench.storing.results_store import POINTS_FILE, RUN_FILE, STATUS_ABANDONED, effective_status, upgrade_run_meta
+from bench.wording import and_list
 
 # numpy, pandas, scipy (and bench.storing.statistics, which needs pandas) are imported inside the functions
 # that use them: `bench` builds every subcommand's parser on each start, and they would add ~0.6 s
@@ -298,6 +298,8 @@ def load_run(text: str, label: str) -> Run:
         raise UsageError(f"cannot read {run_file}: {exc.strerror}") from None
     except json.JSONDecodeError as exc:
         raise UsageError(f"{run_file} is damaged: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except ValueError as exc:
+        raise UsageError(f"{run_file} is damaged: {exc}") from None
     if not isinstance(meta, dict):
         raise UsageError(f"{run_file} is damaged: expected a JSON object")
     if not points_file.is_file():

@@ -23,7 +23,6 @@ from bench.reporting.explain_svg import (
 )
 from bench.reporting.index_page import write_index
 from bench.reporting.pages import environment
-from bench.reporting.wording import and_list, plural
 from bench.storing.columns import STATUS_OK
 from bench.storing.results_store import EXPLAIN_FILE, RUN_FILE, effective_status, write_text_atomic
 from bench.tracing.io_phases import (
@@ -39,6 +38,7 @@ from bench.tracing.io_phases import (
     WAIT,
     WAIT_AND_COPY,
 )
+from bench.wording import and_list, plural
 
 STATUS_COMPLETE = "complete"
 # The figure of Stevens' UNP (3rd ed., §6.2) each pattern of bench.tracing.io_phases corresponds to.

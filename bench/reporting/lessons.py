@@ -32,7 +32,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench.reporting.wording import and_list, figure
 from bench.storing.columns import POINT_COLUMNS
 from bench.storing.statistics import (
     BOOTSTRAP_RESAMPLES,
@@ -43,6 +42,7 @@ from bench.storing.statistics import (
     per_repeat,
     ratio_estimate,
 )
+from bench.wording import and_list, figure
 from loadgen.timeline import window_bins
 
 # With one repeat and no sub-window samples, a cost is called different only by this factor:
@@ -119,9 +119,10 @@ def bins_ratio(a: np.ndarray, b: np.ndarray, seed: int = 0) -> tuple[float, floa
     all leave the interval unbounded. Consecutive bins are correlated, so the interval is
     narrower than independent samples would give: it speaks for the noise inside the two windows
     only."""
+    from bench.measuring.stability import MIN_BINS
     from bench.storing.statistics import bootstrap_interval
 
-    if a.size < 5 or b.size < 5 or b.mean() <= 0:
+    if a.size < MIN_BINS or b.size < MIN_BINS or b.mean() <= 0:
         return None
 
     def mean_ratio(xs: np.ndarray, ys: np.ndarray, axis: int = -1) -> np.ndarray:

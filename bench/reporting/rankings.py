@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from bench.reporting.wording import figure
 from bench.storing.columns import STATUS_OK
 from bench.storing.statistics import MIN_FOR_INTERVAL, Estimate, counted, per_repeat, ratio_estimate, truthy
+from bench.wording import figure
 
 # Repeats to ask for when a run has too few: the fewest with a 95% interval of the paired
 # ratios' median (bench.storing.statistics.median_interval).

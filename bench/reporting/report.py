@@ -32,10 +32,10 @@ from bench.reporting.report_timeline import (
     timeline_plot,
     timeline_rows,
 )
-from bench.reporting.wording import figure
 from bench.storing.columns import POINT_COLUMNS, STATUS_OK
 from bench.storing.results_store import STATUS_ABANDONED, RunDirectory, effective_status, write_text_atomic
 from bench.storing.statistics import final_attempts, flag_hits, truthy
+from bench.wording import figure
 
 CONNECTIONS = "concurrent connections (log scale)"
 # (column, title, y label, log y)
@@ -400,6 +400,8 @@ def render_report(run_path: Path) -> Path:
     profile_rows, profile_origin = _profile_rows(run_dir.path, meta)
     profile = _syscall_profile(profile_rows)
     diagrams, explain_run = _explained(run_dir.path, meta)
+    config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    point = config.get("point") if isinstance(config.get("point"), dict) else config
     html = env.get_template("report.html.j2").render(
         meta=meta,
         # A run killed outright still says `running` in run.json: `abandoned` once its writer is gone.
@@ -416,7 +418,9 @@ def render_report(run_path: Path) -> Path:
         profile_origin=profile_origin,
         diagrams=diagrams,
         explain_run=explain_run,
-        engine=describe_engine(meta.get("config", {}).get("point", {}).get("engine", "builtin")),
+        # A sweep's point template; a profile run keeps these at the top of its config.
+        point=point,
+        engine=describe_engine(point.get("engine", "builtin")),
     )
     write_text_atomic(run_dir.report_file, html)
     write_index(run_dir.path.parent)

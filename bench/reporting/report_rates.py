@@ -49,8 +49,8 @@ from bench.reporting.report_plots import (
     plt,
     to_svg,
 )
-from bench.reporting.wording import figure
 from bench.storing.columns import STATUS_OK
+from bench.wording import figure
 
 OPEN, FIND_MAX = "open", "find-max"
 # Panels per row: at 1366 px the report's full width holds four readable panels.

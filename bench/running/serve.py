@@ -27,7 +27,7 @@ from servers.base import DEFAULT_BACKLOG
 
 def add_serve_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     serve = subparsers.add_parser("serve", help="run one reference server in the foreground")
-    serve.add_argument("model", help="an I/O model (see `bench models`)")
+    serve.add_argument("model", help="a server by its model name (see `bench models`)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=0, help="port (default 0: any free port, printed)")
     serve.add_argument("--server-workers", type=int, default=1, help="SO_REUSEPORT processes (event-driven models)")

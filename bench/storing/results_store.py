@@ -80,16 +80,19 @@ def create_results_dir(out: Path) -> None:
 def upgrade_run_meta(meta: Any) -> Any:
     """run.json as the current schema (SCHEMA_VERSION) lays it out, from any earlier one: schema
     1's point fields move from `config` to `config.point`. Anything not a run.json object is
-    returned as it is, for the caller's own check to reject."""
+    returned as it is, for the caller's own check to reject; a schema_version that is not an
+    integer from 1 to SCHEMA_VERSION raises ValueError."""
     if not isinstance(meta, dict):
         return meta
+    version = meta.get("schema_version", 1)
+    if not isinstance(version, int) or isinstance(version, bool) or version > SCHEMA_VERSION:
+        raise ValueError(f"run.json schema_version {version!r} is not one this bench reads (1..{SCHEMA_VERSION})")
     config = meta.get("config")
-    old = int(meta.get("schema_version") or 1) < 2 and meta.get("kind", "run") == "run"
-    if old and isinstance(config, dict) and "point" not in config:
+    if version < 2 and meta.get("kind", "run") == "run" and isinstance(config, dict) and "point" not in config:
         point = {k: v for k, v in config.items() if k in POINT_TEMPLATE_FIELDS}
         rest = {k: v for k, v in config.items() if k not in POINT_TEMPLATE_FIELDS}
         meta = {**meta, "config": {**rest, "point": point}}
-    return meta
+    return {**meta, "schema_version": SCHEMA_VERSION}
 
 
 def new_run_meta(run_id: str) -> dict[str, Any]:
@@ -230,7 +233,7 @@ class RunDirectory:
         return self.path / REPORT_FILE
 
     def write_run(self, meta: dict[str, Any]) -> None:
-        write_json_atomic(self.run_file, {"schema_version": SCHEMA_VERSION, **meta})
+        write_json_atomic(self.run_file, {**meta, "schema_version": SCHEMA_VERSION})
 
     def read_run(self) -> dict[str, Any]:
         """run.json, in the current schema whatever schema wrote it (upgrade_run_meta)."""

@@ -112,21 +112,23 @@ def flag_hits(df: pd.DataFrame, flag: str) -> pd.Series:
 
 
 def median_interval(values: list[float] | np.ndarray, confidence: float = CONFIDENCE) -> tuple[float, float] | None:
-    """A distribution-free interval for the median: the order statistics [x(k), x(n+1-k)] with
-    the largest k whose coverage, 1 - 2 P(Binomial(n, 1/2) < k), is at least `confidence`
-    (Conover, Practical Nonparametric Statistics, 3rd ed., section 3.2). None when even
-    [min, max] covers less: with k = 1 the coverage is 1 - 2^(1-n), 93.75% for five values and
-    96.9% for six, so a 95% interval needs six (MIN_FOR_INTERVAL). A percentile bootstrap of
-    the median gives about [min, max] below that and calls equal models apart far too often
-    (half the time with two repeats, a quarter with three)."""
-    data = np.sort(np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float))
-    n = int(data.size)
-    best = 0
-    for k in range(1, n // 2 + 1):
-        if 1 - 2 * sum(math.comb(n, i) for i in range(k)) / 2**n < confidence:
-            break
-        best = k
-    return (float(data[best - 1]), float(data[n - best])) if best else None
+    """A distribution-free interval for the median, in the values' unit: the order statistics
+    [x(k), x(n+1-k)] with the largest k whose coverage, 1 - 2 P(Binomial(n, 1/2) < k), is at
+    least `confidence` (Conover, Practical Nonparametric Statistics, 3rd ed., section 3.2), as
+    scipy.stats.quantile_test(...).confidence_interval computes it for p = 0.5. None when even
+    [min, max] covers less (scipy's bound is then infinite): with k = 1 the coverage is
+    1 - 2^(1-n), 93.75% for five values and 96.9% for six, so a 95% interval needs six
+    (MIN_FOR_INTERVAL). A percentile bootstrap of the median gives about [min, max] below that
+    and calls equal models apart far too often (half the time with two repeats, a quarter with
+    three)."""
+    from scipy.stats import quantile_test
+
+    data = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
+    if data.size == 0:
+        return None
+    ci = quantile_test(data, q=float(np.median(data)), p=0.5).confidence_interval(confidence)
+    low, high = float(ci.low), float(ci.high)
+    return (low, high) if math.isfinite(low) and math.isfinite(high) else None
 
 
 def ratio_estimate(ratios: list[float] | np.ndarray) -> Estimate:
