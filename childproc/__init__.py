@@ -11,17 +11,28 @@ import ctypes
 import os
 import signal
 
-PR_SET_PDEATHSIG = 1
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+try:
+    # Looked up once, at import: a forked child (fork's per-connection process, strace before
+    # exec) then does no dlopen() work, which is not safe after fork in a threaded parent.
+    _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):
+    _PRCTL = None
+
+
+def set_parent_death_signal(parent_pid: int | None = None) -> bool:
+    """Ask the kernel to SIGTERM this process when its parent dies (prctl(2) PR_SET_PDEATHSIG).
+    Returns False when the parent is already gone: its PID is no longer `parent_pid`, or, with
+    None, this process was re-parented to init. Safe in a forked child and in a preexec_fn."""
+    if _PRCTL is not None:
+        _PRCTL(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    return os.getppid() != 1 if parent_pid is None else os.getppid() == parent_pid
 
 
 def die_with_parent() -> None:
     """Ask the kernel to SIGTERM this process when the process that started it dies."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    except (OSError, AttributeError):
-        return
-    if os.getppid() == 1:
+    if not set_parent_death_signal():
         # The parent died before prctl took effect.
         os.kill(os.getpid(), signal.SIGTERM)
 

@@ -19,7 +19,6 @@ gives two threads. Queued output is bounded by HIGH_WATER, as in the non-blockin
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import gc
 import os
@@ -27,9 +26,8 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
 
-from childproc import PR_SET_PDEATHSIG
+from childproc import set_parent_death_signal
 from servers.base import EchoServer, ServerOptions, emit
 from servers.connection import HIGH_WATER
 from servers.shedding import LEDGER, AcceptGate, errno_name
@@ -63,7 +61,6 @@ class ForkServer(EchoServer):
         self._children: set[int] = set()
         self._parent_pid = os.getpid()
         self._devnull = -1
-        self._prctl: Callable[..., int] | None = None
         # True from the first refused connection until the live count drops below the cap
         # again: one warning per crossing, not one per refused client.
         self._capped = False
@@ -73,7 +70,6 @@ class ForkServer(EchoServer):
     def serve(self, listener: socket.socket) -> None:
         self._parent_pid = os.getpid()
         self._devnull = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
-        self._prctl = _load_prctl()
         signal.signal(signal.SIGCHLD, self._on_sigchld)
         # Objects that exist now are shared with every child; freezing them keeps the
         # collector from writing to their pages in a child (copy-on-write) if it ever runs.
@@ -129,10 +125,9 @@ class ForkServer(EchoServer):
             # and has no stats of its own to print on SIGUSR1 (its default action would kill it).
             for sig in _GUARDED:
                 signal.signal(sig, signal.SIG_IGN if sig == signal.SIGUSR1 else signal.SIG_DFL)
-            if self._prctl is not None:
-                self._prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+            parent_alive = set_parent_death_signal(self._parent_pid)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _GUARDED)
-            if os.getppid() != self._parent_pid:
+            if not parent_alive:
                 # The parent died before PR_SET_PDEATHSIG was in place.
                 os._exit(0)
             # stdout is the harness's JSON channel (and may be a pipe it reads to EOF).
@@ -276,11 +271,3 @@ class _Outbox:
                 self.sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-
-
-def _load_prctl() -> Callable[..., int] | None:
-    # Looked up once in the parent so that a child does no dlopen() work before it serves.
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None

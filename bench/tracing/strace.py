@@ -10,7 +10,6 @@ has and let the tracees go unharmed. Only strace is ever signalled.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import math
 import os
 import shutil
@@ -29,6 +28,7 @@ from bench.running.cpus import Pinning, default_pinning, parse_pinning
 from bench.running.pipes import deadline_in, remaining
 from bench.running.processes import process_tree
 from bench.storing.results_store import RunDirectory
+from childproc import set_parent_death_signal
 
 ATTACH_TIMEOUT_S = 15.0
 DETACH_TIMEOUT_S = 15.0
@@ -255,19 +255,6 @@ def _tracer(pid: int, tid: int) -> int | None:
     return None
 
 
-try:
-    _prctl = ctypes.CDLL(None, use_errno=True).prctl
-except (OSError, AttributeError):
-    _prctl = None
-
-
-def _detach_if_parent_dies() -> None:
-    # Runs in the forked child before exec: if bench dies (even by SIGKILL), strace gets
-    # SIGTERM, detaches and lets the server go on to be stopped by its own die-with-parent.
-    if _prctl is not None:
-        _prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
-
-
 @contextmanager
 def harness_context(client_cpus: tuple[int, ...]) -> Iterator[None]:
     """The harness process on the client's CPUs, with SIGTERM raising KeyboardInterrupt, for the
@@ -331,3 +318,9 @@ def trace_each_model(
                 render(run_dir.path)
             return None
     return run_dir, result
+
+
+def _detach_if_parent_dies() -> None:
+    # In the forked child before exec: if bench dies (even by SIGKILL), strace gets SIGTERM,
+    # detaches and lets the server go on to be stopped by its own die-with-parent.
+    set_parent_death_signal()
