@@ -37,6 +37,8 @@ from bench.tracing.io_phases import UNEXPLAINED, Exchange, medians, request_path
 from bench.tracing.strace import (
     StraceAttachment,
     add_traced_run_options,
+    for_model,
+    quiet,
     require_strace,
     strace_version,
     trace_each_model,
@@ -136,8 +138,11 @@ class ModelExplanation:
         return asdict(self)
 
 
-def explain_model(model: str, config: ExplainConfig, strace: str, trace_dir: Path) -> ModelExplanation:
-    """Trace one model's exchange; a failure becomes the explanation's status and reason."""
+def explain_model(
+    model: str, config: ExplainConfig, strace: str, trace_dir: Path, on_phase: Callable[[str], None] = quiet
+) -> ModelExplanation:
+    """Trace one model's exchange; a failure becomes the explanation's status and reason.
+    on_phase(text) is told each step as it starts (for the live display)."""
     from servers import registry
 
     info = registry.describe(model)
@@ -147,6 +152,7 @@ def explain_model(model: str, config: ExplainConfig, strace: str, trace_dir: Pat
     tracer = StraceAttachment(strace, trace, config.pinning.server, STRACE_OPTIONS)
     sock: socket.socket | None = None
     try:
+        on_phase("starting")
         server.start(config.ready_timeout_s)
         try:
             sock = socket.create_connection((server.host, server.port), timeout=SOCKET_TIMEOUT_S)
@@ -155,13 +161,17 @@ def explain_model(model: str, config: ExplainConfig, strace: str, trace_dir: Pat
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         wait_until_held(server, 1, config.ready_timeout_s)
         # One more than analysed, as in the traced exchange, so both have the same warm history.
+        on_phase(f"{config.requests + 1} requests untraced")
         untraced = exchange(sock, config.requests + 1, config.think_s, config.payload)[1:]
         result.untraced_round_trip_us = round(statistics.median(e.round_trip_s for e in untraced) * 1e6, 1)
+        on_phase("attaching strace")
         tracer.attach(server.pid)
         result.traced_processes, result.traced_threads = tracer.processes, tracer.threads
+        on_phase(f"{config.requests + 1} requests traced")
         traced = exchange(sock, config.requests + 1, config.think_s, config.payload, first=config.requests + 1)
         # Let the server go back to its wait after the last echo before strace leaves.
         time.sleep(config.think_s)
+        on_phase("detaching strace")
         text = tracer.detach()
         result.trace_file = f"{TRACE_DIR}/{trace.name}"
         if (reason := server.failure()) is not None:
@@ -194,6 +204,7 @@ def explain_model(model: str, config: ExplainConfig, strace: str, trace_dir: Pat
         result.status = STATUS_FAILED
         result.reason = f"cannot trace: {exc.strerror or exc}"
     finally:
+        on_phase("stopping")
         tracer.stop()
         if sock is not None:
             sock.close()
@@ -210,6 +221,7 @@ def run_explain(
     strace: str,
     on_model: Callable[[ModelExplanation], None] | None = None,
     run_dir: RunDirectory | None = None,
+    on_phase: Callable[[str, str], None] | None = None,
 ) -> tuple[RunDirectory, list[ModelExplanation]]:
     """Explain every model in turn into `run_dir` (default: a new one under config.out); run.json
     grows model by model, so an interrupted run keeps what it traced."""
@@ -238,7 +250,7 @@ def run_explain(
                 why = f"unavailable here: {config.unavailable[model]}"
                 explanation = ModelExplanation(model, info.category, info.mechanism, STATUS_SKIPPED, why)
             else:
-                explanation = explain_model(model, config, strace, traces)
+                explanation = explain_model(model, config, strace, traces, for_model(on_phase, model))
             explanations.append(explanation)
             meta["explanations"].append(explanation.as_dict())
             run_dir.write_run(meta)
@@ -308,8 +320,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
             detail = e.reason
         return f"{e.model:>12} {e.status}: {detail}"
 
-    def run(on_model: Callable[[ModelExplanation], None], run_dir: RunDirectory) -> None:
-        run_explain(config, strace, on_model=on_model, run_dir=run_dir)
+    def run(
+        on_model: Callable[[ModelExplanation], None], run_dir: RunDirectory, on_phase: Callable[[str, str], None]
+    ) -> None:
+        run_explain(config, strace, on_model=on_model, run_dir=run_dir, on_phase=on_phase)
 
     done = trace_each_model(config.models, "explaining", config.pinning.client, config.out, run, line, render_explain)
     if done is None:

@@ -276,42 +276,48 @@ def harness_context(client_cpus: tuple[int, ...]) -> Iterator[None]:
         os.sched_setaffinity(0, affinity)
 
 
+def quiet(text: str) -> None:
+    """The default phase callback of profile_model and explain_model: nobody is watching."""
+
+
+def for_model(on_phase: Callable[[str, str], None] | None, model: str) -> Callable[[str], None]:
+    """on_phase(model, text) as a callback of the text alone (quiet when None)."""
+    return quiet if on_phase is None else lambda text: on_phase(model, text)
+
+
 def trace_each_model(
     models: list[str],
     verb: str,
     client_cpus: tuple[int, ...],
     out: Path,
-    run: Callable[[Callable[[Any], None], RunDirectory], Any],
+    run: Callable[[Callable[[Any], None], RunDirectory, Callable[[str, str], None]], Any],
     line: Callable[[Any], str],
     render: Callable[[Path], Path],
 ) -> tuple[RunDirectory, Any] | None:
     """The flow `bench profile` and `bench explain` share: a new run directory under `out`, the
-    harness on `client_cpus`, a live display of the models done (bench.live_display) with the
-    next one `verb`-ing, and run(on_model, run_dir) called inside; each finished model's line()
-    kept above the bar. Returns (run_dir, what run returned), or None when interrupted (Ctrl-C or
-    SIGTERM), after saying so and rendering what was kept with render(run path)."""
+    harness on `client_cpus`, a live display of the models done (bench.live_display), and
+    run(on_model, run_dir, on_phase) called inside, on_phase(model, text) showing the current
+    model's step; each finished model's line() kept above the bar. Returns (run_dir, what run
+    returned), or None when interrupted (Ctrl-C or SIGTERM), after saying so and rendering what
+    was kept with render(run path); `verb` ("profiling") words that message."""
     from bench.live_display import LiveProgress
     from bench.storing.results_store import new_run_id
 
     display = LiveProgress(len(models))
-    # Models are traced in the order given: the next one is the first not yet reported.
-    upcoming = list(models)
 
     def on_model(result: Any) -> None:
         display.line(line(result))
         display.advance()
-        upcoming.pop(0)
-        if upcoming:
-            display.phase(f"{upcoming[0]}: {verb}")
+
+    def on_phase(model: str, text: str) -> None:
+        display.phase(f"{model}: {text}")
 
     run_dir = RunDirectory.create(out, new_run_id())
     with harness_context(client_cpus):
         try:
             # Inside harness_context: the display's thread starts on the client CPUs.
             with display:
-                if upcoming:
-                    display.phase(f"{upcoming[0]}: {verb}")
-                result = run(on_model, run_dir)
+                result = run(on_model, run_dir, on_phase)
         except KeyboardInterrupt:
             print(f"interrupted: the models {verb.replace('ing', 'ed')} so far are kept", file=sys.stderr)
             if run_dir.run_file.exists():

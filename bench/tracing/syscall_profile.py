@@ -48,6 +48,8 @@ from bench.storing.results_store import RunDirectory, create_results_dir, new_ru
 from bench.tracing.strace import (
     StraceAttachment,
     add_traced_run_options,
+    for_model,
+    quiet,
     require_strace,
     strace_version,
     trace_each_model,
@@ -188,8 +190,11 @@ class ProfileConfig:
         return d
 
 
-def profile_model(model: str, config: ProfileConfig, strace: str, out_dir: Path) -> ModelProfile:
-    """Trace one model for one window; a failure becomes the profile's status and reason."""
+def profile_model(
+    model: str, config: ProfileConfig, strace: str, out_dir: Path, on_phase: Callable[[str], None] = quiet
+) -> ModelProfile:
+    """Trace one model for one window; a failure becomes the profile's status and reason.
+    on_phase(text) is told each step as it starts (for the live display)."""
     from bench.running.point import PointSpec
     from bench.running.preflight import preflight
 
@@ -205,9 +210,11 @@ def profile_model(model: str, config: ProfileConfig, strace: str, out_dir: Path)
     load: LoadEngine | None = None
     paused: list[int] = []
     try:
+        on_phase("starting")
         server.start(config.ready_timeout_s)
         load = make_engine(config.engine, server.host, server.port, plan, config.pinning.client, workers)
         load.start()
+        on_phase(f"connecting {config.connections:,}")
         connect = load.wait_connected(timeout=30 + config.connections / 200)
         if connect.connected < config.connections:
             raise PointFailed(f"only {connect.connected} of {config.connections} connections opened")
@@ -215,12 +222,14 @@ def profile_model(model: str, config: ProfileConfig, strace: str, out_dir: Path)
         # (fork: one fork per accept) must have made its processes before strace attaches, or
         # set-up would be counted as per-request work and the new children's calls missed.
         wait_until_held(server, config.connections, config.ready_timeout_s)
+        on_phase("attaching strace")
         tracer.attach(server.pid)
         profile.traced_processes, profile.traced_threads = tracer.processes, tracer.threads
         attached_at = time.monotonic()
         # No warm-up: the load starts with strace already attached, so nothing is in flight
         # at the trace's start, and every request counted has all its server calls traced.
         window = load.schedule(0.0, config.duration_s)
+        on_phase("window (traced)")
         _sleep_until(window[1] - DETACH_MARGIN_S, server)
         # The trace's end: freeze the load workers (not the server) before their window ends,
         # let the server finish the echoes in flight, then
@@ -228,6 +237,7 @@ def profile_model(model: str, config: ProfileConfig, strace: str, out_dir: Path)
         # the echoes waiting in the clients' receive queues: added to the count below.
         paused_at = time.monotonic()
         paused = _signal_all(load.pids(), signal.SIGSTOP)
+        on_phase("draining, detaching strace")
         served_uncounted, settled = _drain(server.port, DRAIN_TIMEOUT_S)
         detach_from = time.monotonic()
         summary = tracer.detach()
@@ -265,6 +275,7 @@ def profile_model(model: str, config: ProfileConfig, strace: str, out_dir: Path)
         profile.status = STATUS_FAILED
         profile.reason = "; ".join([str(exc), *server.warnings])
     finally:
+        on_phase("stopping")
         # Frozen workers would ignore SIGTERM; strace before the server, so that the server's
         # shutdown is not traced and no tracer is left holding a process.
         _signal_all(paused, signal.SIGCONT)
@@ -344,6 +355,7 @@ def run_profile(
     strace: str,
     on_model: Callable[[ModelProfile], None] | None = None,
     run_dir: RunDirectory | None = None,
+    on_phase: Callable[[str, str], None] | None = None,
 ) -> tuple[RunDirectory, list[ModelProfile]]:
     """Profile every model in turn into `run_dir` (default: a new one under config.out);
     syscalls.csv grows model by model so an interrupted run keeps what it measured."""
@@ -372,7 +384,7 @@ def run_profile(
             if model in config.unavailable:
                 profile = ModelProfile(model, STATUS_SKIPPED, f"unavailable here: {config.unavailable[model]}")
             else:
-                profile = profile_model(model, config, strace, traces)
+                profile = profile_model(model, config, strace, traces, for_model(on_phase, model))
             profiles.append(profile)
             _append_rows(run_dir.path / SYSCALLS_FILE, profile.rows())
             meta["profiles"].append(profile.as_dict())
@@ -515,8 +527,10 @@ def cmd_profile(args: argparse.Namespace) -> int:
         detail = f"{p.requests:,} requests traced" if p.status == STATUS_OK else p.reason
         return f"{p.model:>12} {p.status}: {detail}"
 
-    def run(on_model: Callable[[ModelProfile], None], run_dir: RunDirectory) -> list[ModelProfile]:
-        return run_profile(config, strace, on_model=on_model, run_dir=run_dir)[1]
+    def run(
+        on_model: Callable[[ModelProfile], None], run_dir: RunDirectory, on_phase: Callable[[str, str], None]
+    ) -> list[ModelProfile]:
+        return run_profile(config, strace, on_model=on_model, run_dir=run_dir, on_phase=on_phase)[1]
 
     done = trace_each_model(config.models, "profiling", config.pinning.client, config.out, run, line, render_report)
     if done is None:
