@@ -251,3 +251,18 @@ def test_c_worker_rejects_bad_options_in_one_line(options, message):
     proc = subprocess.run([str(binary), "--port", "9", *options], capture_output=True, text=True, timeout=10)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and message in proc.stderr
+
+
+@pytest.mark.timeout(60)
+def test_connect_progress_grows_worker_by_worker_to_the_total(engine, start_server):
+    # The live display's "connecting (n of N)": n after each worker has opened all of its share.
+    server = start_server("native")
+    load = make_engine(engine, HOST, server.port, LoadPlan("closed", 30, 64), (), 3)
+    seen: list[int] = []
+    try:
+        load.start()
+        connect = load.wait_connected(timeout=30, progress=seen.append)
+    finally:
+        load.stop()
+    assert len(seen) == 3 and seen == sorted(seen) and seen[0] > 0
+    assert seen[-1] == connect.connected == 30

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -165,7 +166,11 @@ class LoadWorkers:
             self.readers.append(MessageReader(popen.stdout, f"loadgen-{wid}"))
             self.errlogs.append(MessageReader(popen.stderr, f"loadgen-{wid}-err"))
 
-    def _await(self, event: str, timeout: float) -> list[dict[str, Any]]:
+    def _await(
+        self, event: str, timeout: float, on_message: Callable[[list[dict[str, Any]]], None] | None = None
+    ) -> list[dict[str, Any]]:
+        """Each worker's next `event` message (in worker order); on_message(the ones so far) after
+        each. Raises PointFailed when a worker exits or the timeout (s) passes first."""
         deadline = deadline_in(timeout)
         got: list[dict[str, Any]] = []
         for wid, reader in enumerate(self.readers):
@@ -173,6 +178,8 @@ class LoadWorkers:
                 message = reader.next(min(remaining(deadline), 0.25))
                 if message is not None and message["event"] == event:
                     got.append(fold_counts(message))
+                    if on_message is not None:
+                        on_message(got)
                     break
                 if message is None and self.popens[wid].poll() is not None and reader.closed.is_set():
                     tail = [line for line in self.errlogs[wid].tail if line.strip()]
@@ -184,8 +191,15 @@ class LoadWorkers:
                     raise PointFailed(f"load worker {wid} sent no '{event}' within {timeout:.0f} s")
         return got
 
-    def wait_connected(self, timeout: float) -> ConnectPhase:
-        messages = self._await("connected", timeout)
+    def wait_connected(self, timeout: float, progress: Callable[[int], None] | None = None) -> ConnectPhase:
+        """Every worker's connect phase, merged; progress(connections open so far) as each
+        worker reports (a worker reports once all of its connections are open)."""
+
+        def counted(messages: list[dict[str, Any]]) -> None:
+            if progress is not None:
+                progress(sum(m["connected"] for m in messages))
+
+        messages = self._await("connected", timeout, counted)
         errors: Counter = Counter()
         notes: list[str] = []
         for m in messages:

@@ -41,6 +41,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -288,8 +289,12 @@ class LocustWorkers:
 
     # -- the LoadWorkers interface -----------------------------------------------------------------
 
-    def wait_connected(self, timeout: float) -> ConnectPhase:
+    def wait_connected(self, timeout: float, progress: Callable[[int], None] | None = None) -> ConnectPhase:
+        """Locust's users' connections, once all are open (the master reports them together, so
+        progress(n) is called once, with the total)."""
         message = self._await("connected", timeout)
+        if progress is not None:
+            progress(int(message["connected"]))
         notes = []
         if message.get("stalled"):
             notes.append(f"connections stopped growing at {message['connected']} of {message['target']}")

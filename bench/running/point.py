@@ -194,10 +194,16 @@ def _measure(
             print(note, flush=True)
         # Generous: thousands of connects against a slow accept loop take seconds.
         connect_timeout = 30 + (spec.connections + spec.idle) / 200 + load.extra_connect_timeout_s
-        # The engines report their connections only once all are open: the count comes after.
-        phase("connecting" if spec.workload == "churn" else f"connecting {spec.connections + spec.idle:,}")
+        wanted = spec.connections + spec.idle
+        # Each load worker reports once all of its connections are open: n grows worker by worker.
+        phase("connecting" if spec.workload == "churn" else f"connecting (0 of {wanted:,})")
         connect_started = time.monotonic()
-        connect = load.wait_connected(timeout=connect_timeout)
+
+        def opened(n: int) -> None:
+            if spec.workload != "churn":
+                phase(f"connecting ({n:,} of {wanted:,})")
+
+        connect = load.wait_connected(timeout=connect_timeout, progress=opened)
         row.update(connected=connect.connected, connect_s=connect.seconds)
         queued = None
         if server.pid and spec.workload != "churn":
