@@ -437,6 +437,12 @@ def main(argv: list[str] | None = None) -> int:
     # Ctrl-C must stop a run cleanly even when bench inherits SIGINT ignored (as background jobs
     # of a non-interactive shell do): Python would otherwise keep ignoring it.
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    # numpy's OpenBLAS starts a worker thread per CPU when numpy is first imported, which is
+    # after this line (this module imports none of it). The harness pins itself to the client
+    # CPUs later, and a thread keeps the affinity it was born with, so that thread would stay
+    # free to run on the server's CPUs. The harness does no linear algebra worth a second
+    # thread; a user's own setting wins.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     args = build_parser().parse_args(argv)
     if (
         getattr(args, "server_cpus", "")
