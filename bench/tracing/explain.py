@@ -29,13 +29,13 @@ from typing import Any
 
 from bench.errors import PointFailed, UsageError
 from bench.measuring.host import describe_host
-from bench.running.cpus import Pinning
 from bench.running.server_control import ServerUnderTest, wait_until_held
 from bench.storing.columns import STATUS_FAILED, STATUS_OK, STATUS_SKIPPED
 from bench.storing.results_store import RunDirectory, create_results_dir, new_run_id, new_run_meta, recording_status
 from bench.tracing.io_phases import UNEXPLAINED, Exchange, medians, request_paths, typical
 from bench.tracing.strace import (
     StraceAttachment,
+    TracedRunConfig,
     add_traced_run_options,
     for_model,
     quiet,
@@ -66,22 +66,11 @@ METHOD_NOTE = (
 )
 
 
-@dataclass(frozen=True)
-class ExplainConfig:
-    models: list[str]
+@dataclass(frozen=True, kw_only=True)
+class ExplainConfig(TracedRunConfig):
     requests: int
     think_s: float
     payload: int
-    out: Path
-    pinning: Pinning
-    ready_timeout_s: float = 15.0
-    unavailable: dict[str, str] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["out"] = str(self.out)
-        d["pinning"] = self.pinning.as_dict()
-        return d
 
 
 def exchange(sock: socket.socket, count: int, think_s: float, payload: int, first: int = 0) -> list[Exchange]:
@@ -279,23 +268,14 @@ def add_explain_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
 
 
 def _config(args: argparse.Namespace) -> ExplainConfig:
-    models, unavailable, pinning = traced_run_choices(args)
+    common = traced_run_choices(args)
     if not 1 <= args.requests <= MAX_REQUESTS:
         raise UsageError(f"--requests must be an integer from 1 to {MAX_REQUESTS}, got {args.requests}")
     if not math.isfinite(args.think) or not 0.001 <= args.think <= 1.0:
         raise UsageError(f"--think must be from 0.001 to 1 s, got {args.think}")
     if not MIN_PAYLOAD <= args.payload <= 65536:
         raise UsageError(f"--payload must be from {MIN_PAYLOAD} to 65536 bytes, got {args.payload}")
-    return ExplainConfig(
-        models=models,
-        requests=args.requests,
-        think_s=args.think,
-        payload=args.payload,
-        out=Path(args.out),
-        pinning=pinning,
-        ready_timeout_s=args.ready_timeout,
-        unavailable=unavailable,
-    )
+    return ExplainConfig(**common, requests=args.requests, think_s=args.think, payload=args.payload)
 
 
 def cmd_explain(args: argparse.Namespace) -> int:

@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -61,9 +62,29 @@ def add_traced_run_options(parser: argparse.ArgumentParser, client: str) -> None
     parser.add_argument("--client-cpus", default="", help=f"CPUs for {client} (default: the rest)")
 
 
-def traced_run_choices(args: argparse.Namespace) -> tuple[list[str], dict[str, str], Pinning]:
-    """(models that can run, the others with why not, pinning) from add_traced_run_options'
-    options; raises UsageError on a bad choice."""
+@dataclass(frozen=True, kw_only=True)
+class TracedRunConfig:
+    """What `bench profile` and `bench explain` are told alike: the models that can run, the
+    others with why not, where the run goes, the pinning, and how long a server may take to
+    listen (s). Each command's config adds its own fields."""
+
+    models: list[str]
+    out: Path
+    pinning: Pinning
+    ready_timeout_s: float = 15.0
+    unavailable: dict[str, str] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """run.json's `config`."""
+        d = asdict(self)
+        d["out"] = str(self.out)
+        d["pinning"] = self.pinning.as_dict()
+        return d
+
+
+def traced_run_choices(args: argparse.Namespace) -> dict[str, Any]:
+    """TracedRunConfig's fields from add_traced_run_options' options, as keyword arguments for
+    a command's config; raises UsageError on a bad choice."""
     models, unavailable = select_models(args.models)
     # Each model once: a second trace of it would overwrite the first's file.
     models = list(dict.fromkeys(models))
@@ -77,7 +98,13 @@ def traced_run_choices(args: argparse.Namespace) -> tuple[list[str], dict[str, s
         pinning = parse_pinning(args.server_cpus, args.client_cpus) if args.server_cpus else default_pinning()
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    return models, unavailable, pinning
+    return {
+        "models": models,
+        "unavailable": unavailable,
+        "pinning": pinning,
+        "out": Path(args.out),
+        "ready_timeout_s": args.ready_timeout,
+    }
 
 
 class StraceAttachment:

@@ -38,7 +38,6 @@ from typing import Any
 
 from bench.errors import PointFailed, UsageError
 from bench.measuring.host import describe_host
-from bench.running.cpus import Pinning
 from bench.running.engines import LoadEngine, choose_engine, make_engine
 from bench.running.load_workers import LoadPlan, worker_count
 from bench.running.pipes import deadline_in, remaining
@@ -47,6 +46,7 @@ from bench.storing.columns import STATUS_FAILED, STATUS_OK, STATUS_SKIPPED
 from bench.storing.results_store import RunDirectory, create_results_dir, new_run_id, new_run_meta, recording_status
 from bench.tracing.strace import (
     StraceAttachment,
+    TracedRunConfig,
     add_traced_run_options,
     for_model,
     quiet,
@@ -170,24 +170,13 @@ class ModelProfile:
         return d
 
 
-@dataclass(frozen=True)
-class ProfileConfig:
-    models: list[str]
+@dataclass(frozen=True, kw_only=True)
+class ProfileConfig(TracedRunConfig):
     connections: int
     payload: int
     duration_s: float
-    out: Path
-    pinning: Pinning
-    ready_timeout_s: float = 15.0
-    unavailable: dict[str, str] = field(default_factory=dict)
     # c or python: the workers are frozen with SIGSTOP at the trace's end, which Locust's are not.
     engine: str = "c"
-
-    def as_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["out"] = str(self.out)
-        d["pinning"] = self.pinning.as_dict()
-        return d
 
 
 def profile_model(
@@ -492,7 +481,7 @@ def add_profile_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
 
 
 def _config(args: argparse.Namespace) -> ProfileConfig:
-    models, unavailable, pinning = traced_run_choices(args)
+    common = traced_run_choices(args)
     if args.connections < 1:
         raise UsageError(f"--connections must be >= 1, got {args.connections}")
     if args.payload < 1:
@@ -503,15 +492,7 @@ def _config(args: argparse.Namespace) -> ProfileConfig:
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     return ProfileConfig(
-        models=models,
-        connections=args.connections,
-        payload=args.payload,
-        duration_s=args.duration,
-        out=Path(args.out),
-        pinning=pinning,
-        ready_timeout_s=args.ready_timeout,
-        unavailable=unavailable,
-        engine=engine,
+        **common, connections=args.connections, payload=args.payload, duration_s=args.duration, engine=engine
     )
 
 
