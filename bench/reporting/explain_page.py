@@ -10,6 +10,7 @@ supposed to do.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from bench.reporting.explain_svg import (
     SUMMARY_COLUMNS,
     comparison_figure,
     duration,
+    lane_labels,
     relative,
     sequence_diagram,
     summary_rows,
@@ -73,11 +75,6 @@ def _result(result: str) -> str:
     return text if len(text) <= 16 else text.split()[0]
 
 
-def _lane(steps: list[dict[str, Any]], tid: int) -> str:
-    tids = list(dict.fromkeys(s["tid"] for s in steps))
-    return f"thread {tids.index(tid) + 1} (tid {tid})" if len(tids) > 1 else f"tid {tid}"
-
-
 def reading(explanation: dict[str, Any]) -> list[str]:
     """Sentences reading one model's sequence diagram, computed from its typical request: what
     the server was in when the client sent, when and how it learned of the data, which call
@@ -88,6 +85,7 @@ def reading(explanation: dict[str, Any]) -> list[str]:
         return []
     sent, received = float(typ["sent"]), float(typ["received"])
     pattern = str(typ.get("pattern") or explanation.get("pattern") or "")
+    lanes = lane_labels(explanation)
     by_role: dict[str, list[dict[str, Any]]] = {}
     for s in steps:
         by_role.setdefault(s["role"], []).append(s)
@@ -99,10 +97,7 @@ def reading(explanation: dict[str, Any]) -> list[str]:
 
     if pattern == BUSY_POLLING and polls:
         failed = sum(s["calls"] for s in polls)
-        names: dict[str, int] = {}
-        for s in polls:
-            for n, k in (s.get("names") or {}).items():
-                names[n] = names.get(n, 0) + k
+        names = sum((Counter(s.get("names") or {}) for s in polls), Counter())
         spread = and_list([f"{n} ×{k:,}" for n, k in names.items()])
         first = (
             f"The process never blocked: from {relative(polls[0]['start'] - sent)} to "
@@ -138,12 +133,12 @@ def reading(explanation: dict[str, Any]) -> list[str]:
             out.append(line + ".")
     for s in steps:
         if s.get("blocked") and s is not wait:
-            out.append(f"{_lane(steps, s['tid']).capitalize()} was blocked in {s['label']} at the send too.")
+            out.append(f"{lanes[s['tid']].capitalize()} was blocked in {s['label']} at the send too.")
     others = [s for s in steps if s["role"] == OTHER and not s.get("blocked")]
     if others:
-        counts: dict[str, int] = {}
+        counts = Counter()
         for s in others:
-            counts[s["label"]] = counts.get(s["label"], 0) + s["calls"]
+            counts[s["label"]] += s["calls"]
         out.append(
             f"Besides, the request took {plural(sum(counts.values()), 'other call')} "
             f"({and_list([f'{n} ×{k}' if k > 1 else n for n, k in counts.items()])})."
@@ -151,7 +146,7 @@ def reading(explanation: dict[str, Any]) -> list[str]:
     if echo is not None:
         who = ""
         if wait is not None and echo["tid"] != wait["tid"]:
-            who = f", from {_lane(steps, echo['tid'])}, not the thread that read"
+            who = f", from {lanes[echo['tid']]}, not the thread that read"
         untraced = explanation.get("untraced_round_trip_us")
         tail = f"; {duration(untraced / 1e6)} untraced" if untraced is not None else ""
         # With a completion queue the call only submits the send; the kernel may finish it later.

@@ -282,7 +282,10 @@ def _fill(role: str, uid: str) -> str:
     return f"url(#poll-{uid})" if role == POLL else COLOURS.get(role, COLOURS[OTHER])
 
 
-def _lane_labels(tids: list[int], explanation: dict[str, Any]) -> dict[int, str]:
+def lane_labels(explanation: dict[str, Any]) -> dict[int, str]:
+    """Each thread of the typical request's steps by the name its lane carries in the sequence
+    diagram ('process (pid N)', or 'thread 2 (tid N)'), in the steps' order."""
+    tids = list(dict.fromkeys(s["tid"] for s in (explanation.get("typical") or {}).get("steps") or []))
     if len(tids) == 1:
         # Only a process whose every traced task is its own main thread has tid == pid.
         single = (explanation.get("traced_threads") or 1) <= (explanation.get("traced_processes") or 1)
@@ -354,7 +357,7 @@ def sequence_diagram(explanation: dict[str, Any]) -> str:
     clipped = {i for i, s in enumerate(steps) if s["end"] > core_end}
 
     tids = list(dict.fromkeys(s["tid"] for s in steps))
-    lane_names = _lane_labels(tids, explanation)
+    lane_names = lane_labels(explanation)
     lane_x: dict[int, float] = {}
     x = RULER_X + 34
     for tid in tids:
