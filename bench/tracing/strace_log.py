@@ -20,8 +20,7 @@ to seeing it return, which includes the ptrace stops around it, not the kernel's
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 _LINE = re.compile(r"^(?P<tid>\d+)\s+(?P<ts>\d+\.\d+)\s+(?P<body>.*)$")
 _UNFINISHED = re.compile(r"^(?P<name>\w+)\((?P<args>.*?)\s*<unfinished \.\.\.>$")
@@ -57,13 +56,6 @@ class TracedCall:
     @property
     def end(self) -> float:
         return self.start + self.duration
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TracedCall:
-        return cls(**d)
 
 
 @dataclass(frozen=True)
