@@ -135,6 +135,38 @@ class OneEchoServer(_PerConnectionThreads):
             conn.sendall(data)
 
 
+class DribblingEchoServer(_PerConnectionThreads):
+    """Echoes correctly, but in PIECE-byte sends PAUSE_S apart, each its own TCP segment
+    (TCP_NODELAY): a client must put an echo together from many reads, each woken by its own
+    segment, as an edge-triggered reader is."""
+
+    name = "dribble"
+    mechanism = "a thread per connection; every echo goes back 5 bytes at a time, 1 ms apart"
+    PIECE = 5
+    PAUSE_S = 0.001
+
+    def handle(self, conn: socket.socket) -> None:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        while data := conn.recv(65536):
+            for at in range(0, len(data), self.PIECE):
+                if at:
+                    # The fault under test: the pieces arrive apart, not in one segment.
+                    time.sleep(self.PAUSE_S)
+                conn.sendall(data[at : at + self.PIECE])
+
+
+class OverlongEchoServer(_PerConnectionThreads):
+    """Echoes every request followed by one extra byte, in the same send: the echo is whole,
+    and the byte beyond it is queued behind it."""
+
+    name = "overlong"
+    mechanism = "a thread per connection; every echo has one byte too many"
+
+    def handle(self, conn: socket.socket) -> None:
+        while data := conn.recv(65536):
+            conn.sendall(data + b"!")
+
+
 class PipeHolderServer(_PerConnectionThreads):
     """Echoes, having left a process outside its own tree that holds its stdout open for 30 s
     (its PID in a warning line): the end of that pipe is not the server's end."""
@@ -231,6 +263,8 @@ EXTRA_MODELS = ",".join(
         "shed-all=faulty_models:ShedEverythingServer",
         "pipe-holder=faulty_models:PipeHolderServer",
         "corrupt=faulty_models:CorruptEchoServer",
+        "dribble=faulty_models:DribblingEchoServer",
+        "overlong=faulty_models:OverlongEchoServer",
         "idle-timeout=faulty_models:IdleTimeoutServer",
         "stall=faulty_models:StallingServer",
         "crash=faulty_models:CrashOnAcceptServer",

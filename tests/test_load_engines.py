@@ -86,6 +86,40 @@ def test_a_corrupted_echo_is_a_mismatch_and_drops_its_connection(engine, start_s
 
 @pytest.mark.timeout(60)
 @pytest.mark.usefixtures("faulty_env")
+def test_an_echo_in_many_segments_is_put_together_and_verified(engine, start_server):
+    server = start_server("dribble")
+    # 64 bytes in 5-byte pieces 1 ms apart: each echo takes 13 reads, each woken by its segment.
+    _, result = drive(engine, server.port, LoadPlan("closed", 4, 64), duration=1.0)
+    assert not +result.errors, result.errors
+    assert result.live_connections == 4
+    # At least 12 ms per echo: no echo was counted before its last piece came.
+    assert result.requests > 0
+    assert summarize(merge(result.histograms))["p50_us"] >= 12_000
+
+
+@pytest.mark.timeout(60)
+def test_echoes_larger_than_one_read_are_read_whole(engine, start_server):
+    server = start_server("native")
+    # 300 KiB: several times the C worker's 64 KiB read, so one wake-up finds more queued than
+    # one read takes; an edge-triggered reader that stopped there would wait for ever.
+    _, result = drive(engine, server.port, LoadPlan("closed", 3, 300 * 1024), duration=1.0)
+    assert not +result.errors, result.errors
+    assert result.live_connections == 3 and result.requests > 10
+    assert merge(result.histograms).get_total_count() == result.requests
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.usefixtures("faulty_env")
+def test_a_byte_beyond_the_echo_is_a_mismatch(engine, start_server):
+    server = start_server("overlong")
+    _, result = drive(engine, server.port, LoadPlan("closed", 3, 64))
+    # The first echo verifies; the extra byte queued behind it fails the second.
+    assert result.errors == {"mismatch": 3}, result.errors
+    assert result.live_connections == 0
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.usefixtures("faulty_env")
 def test_idle_connections_closed_by_the_server_are_counted(engine, start_server):
     server = start_server("idle-timeout")
     connect, result = drive(engine, server.port, LoadPlan("idle", 3, 64, idle=5), duration=1.0)

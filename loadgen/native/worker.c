@@ -830,43 +830,64 @@ static enum io send_request(int fd, uint32_t id, uint32_t seq, size_t *sent)
 
 /* Read what the socket holds of the echo of request (id, seq), checking it byte for byte
  * (length and content: connection id, sequence). IO_FAILED sets *kind: reset, short read (EOF),
- * or mismatch, which is also an echo that runs past the payload. */
+ * or mismatch, which is also an echo that runs past the payload.
+ *
+ * Active connections are edge-triggered (see ACTIVE_EVENTS), so this reads until the echo is
+ * whole or the socket is drained: a recv() that returns less than it asked for has emptied the
+ * receive queue (tcp_recvmsg copies while data is queued), and the next segment raises a new
+ * edge. Bytes beyond the echo stay queued and are a mismatch when the next read finds them (as
+ * the plain client in benchmarks/ reads). */
 static enum io recv_echo(int fd, uint32_t id, uint32_t seq, size_t *received, int *kind)
 {
-    /* Only what the echo still owes: bytes beyond it stay queued, and are a mismatch when the
-     * next read finds them (as the plain client in benchmarks/ reads). */
-    size_t owed = (size_t)opt.payload - *received;
-    ssize_t n = recv(fd, rbuf, owed < sizeof rbuf ? owed : sizeof rbuf, 0);
-    if (n < 0) {
-        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+    for (;;) {
+        size_t owed = (size_t)opt.payload - *received;
+        size_t ask = owed < sizeof rbuf ? owed : sizeof rbuf;
+        ssize_t n = recv(fd, rbuf, ask, 0);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                return IO_MORE;
+            *kind = RESET;
+            return IO_FAILED;
+        }
+        if (n == 0) {
+            *kind = SHORT_READ;
+            return IO_FAILED;
+        }
+        if (!payload_matches(id, seq, *received, rbuf, (size_t)n)) {
+            *kind = MISMATCH;
+            return IO_FAILED;
+        }
+        *received += (size_t)n;
+        if (*received == (size_t)opt.payload)
+            return IO_DONE;
+        if ((size_t)n < ask)
             return IO_MORE;
-        *kind = RESET;
-        return IO_FAILED;
     }
-    if (n == 0) {
-        *kind = SHORT_READ;
-        return IO_FAILED;
-    }
-    if (!payload_matches(id, seq, *received, rbuf, (size_t)n)) {
-        *kind = MISMATCH;
-        return IO_FAILED;
-    }
-    *received += (size_t)n;
-    return *received < (size_t)opt.payload ? IO_MORE : IO_DONE;
 }
 
 /* Read from a connection with nothing in flight (open loop between sends, or before its first
  * send): a close is a short read, an error a reset, and any byte a mismatch. */
 static enum io recv_unexpected(int fd, int *kind)
 {
-    ssize_t n = recv(fd, rbuf, sizeof rbuf, 0);
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+    ssize_t n;
+    while ((n = recv(fd, rbuf, sizeof rbuf, 0)) < 0 && errno == EINTR)
+        continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
         return IO_MORE;
     *kind = n < 0 ? RESET : n == 0 ? SHORT_READ : MISMATCH;
     return IO_FAILED;
 }
 
 static int64_t interval_ns; /* open loop: time between one connection's intended sends */
+
+/* Active connections are edge-triggered. Level-triggered epoll puts every item it reports back
+ * on the ready list, and the next epoll_wait() polls it again (fs/eventpoll.c, ep_send_events):
+ * one more tcp_poll() per request, for a socket this loop has already drained. Edge-triggered,
+ * an item is reported once per arrival of data (sk_data_ready -> ep_poll_callback), so every
+ * reader here reads until the socket is drained or the echo is whole (epoll(7), "edge-triggered"). */
+#define ACTIVE_EVENTS (EPOLLIN | EPOLLET)
 
 static void drop(struct conn *c, int kind)
 {
@@ -881,7 +902,7 @@ static void set_writing(struct conn *c, uint32_t want)
 {
     if (want != c->writing) {
         c->writing = want;
-        watch(EPOLL_CTL_MOD, c->fd, EPOLLIN | (want ? EPOLLOUT : 0), (uint32_t)(c - conns));
+        watch(EPOLL_CTL_MOD, c->fd, ACTIVE_EVENTS | (want ? EPOLLOUT : 0), (uint32_t)(c - conns));
     }
 }
 
@@ -976,7 +997,7 @@ static long request_loop(int64_t start_at)
 {
     for (long i = 0; i < nconns; i++) {
         conns[i].id = (uint32_t)(opt.first_index + i);
-        watch(EPOLL_CTL_ADD, conns[i].fd, i < nactive ? EPOLLIN : EPOLLIN | EPOLLRDHUP, (uint32_t)i);
+        watch(EPOLL_CTL_ADD, conns[i].fd, i < nactive ? ACTIVE_EVENTS : EPOLLIN | EPOLLRDHUP, (uint32_t)i);
     }
     heap = calloc((size_t)(nactive ? nactive : 1), sizeof *heap);
     if (!heap)
