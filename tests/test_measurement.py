@@ -10,7 +10,9 @@ import pandas as pd
 import pytest
 from bench_cli import only_run_dir, read_points, run_bench
 
-from bench.measuring.interference import HostSnapshot, cpu_split
+from bench.measuring.cpu_visit import visit
+from bench.measuring.idle_clock import IdleReading, idle_seconds, parse_timer_list, read_idle
+from bench.measuring.interference import HostSnapshot, cpu_split, snapshot
 from bench.storing.statistics import add_repeat_statistics, estimate, median_interval, ranking_warnings, ratio_estimate
 
 
@@ -47,6 +49,89 @@ def test_cpu_split_sums_the_busy_fields_of_the_given_cpus_only():
     light = cpu_split(before, quiet, (0,))
     assert light.busy_s == pytest.approx(0.3 - 25 * tick) and light.unsplit_s == light.busy_s
     assert light.user_s == light.sys_s == light.softirq_s == 0
+
+
+# The shape of /proc/timer_list (kernel/time/timer_list.c), cut to what idle_clock reads.
+TIMER_LIST = """Timer List Version: v0.10
+HRTIMER_MAX_CLOCK_BASES: 8
+now at 35643486706608 nsecs
+
+cpu: 0
+ clock 0:
+  .base:               pK-error
+  .idle_entrytime : 35643486723422 nsecs
+  .idle_sleeptime : 22307103713849 nsecs
+  .iowait_sleeptime: 75497231240 nsecs
+jiffies: 4303803289
+
+cpu: 1
+  .idle_sleeptime : 16236290360493 nsecs
+  .iowait_sleeptime: 161205929394 nsecs
+
+Tick Device: mode:     1
+"""
+
+
+def test_timer_list_gives_each_cpus_idle_and_iowait_to_the_nanosecond():
+    reading = parse_timer_list(TIMER_LIST)
+    assert reading == IdleReading(35643486706608, {0: 22307103713849 + 75497231240, 1: 16236290360493 + 161205929394})
+    # A CPU without its two sleep times, or no clock reading: not a reading at all.
+    assert parse_timer_list(TIMER_LIST.replace("  .iowait_sleeptime: 75497231240 nsecs\n", "")) is None
+    assert parse_timer_list(TIMER_LIST.replace("now at", "then at")) is None
+    assert parse_timer_list("") is None
+    # Both figures are lower bounds of the idle time (timer_list's leaves out a running idle
+    # period, /proc/stat's truncates to 10 ms): the larger is taken.
+    assert idle_seconds(reading, 0, 22307.0) == pytest.approx(22307103713849e-9 + 75497231240e-9)
+    assert idle_seconds(reading, 0, 22400.0) == 22400.0
+    assert idle_seconds(None, 0, 12.5) == 12.5 and idle_seconds(reading, 7, 12.5) == 12.5
+
+
+def test_cpu_split_takes_idle_from_timer_list_and_the_span_from_its_clock():
+    ticks = {"user": 100, "nice": 0, "system": 50, "idle": 900, "iowait": 0, "irq": 0, "softirq": 50, "steal": 0}
+    later = {**ticks, "user": 200, "system": 100, "idle": 910, "softirq": 100}
+    before = HostSnapshot(10.0, {0: ticks}, 0.0, IdleReading(10_000_000_000, {0: 9_000_000_000}))
+    after = HostSnapshot(12.5, {0: later}, 0.0, IdleReading(12_000_000_000, {0: 9_123_456_789}))
+    split = cpu_split(before, after, (0,))
+    # 2 s between the readings less 0.123456789 s idle; /proc/stat's 10 idle ticks are coarser
+    # and smaller than timer_list's (a lower bound), so they change nothing.
+    assert split.seconds == pytest.approx(2.0)
+    assert split.busy_s == pytest.approx(2.0 - 0.123456789)
+    assert split.user_s == pytest.approx(split.busy_s * 100 / 200)
+    assert split.softirq_s == pytest.approx(split.busy_s * 50 / 200)
+
+
+def _runtime_s(pid: int) -> float:
+    """The run time of a single-threaded process to the nanosecond (/proc/PID/schedstat)."""
+    with open(f"/proc/{pid}/schedstat") as fh:
+        return int(fh.read().split()[0]) / 1e9
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.skipif(read_idle() is None, reason="/proc/timer_list is not readable (root only)")
+def test_a_cpu_is_at_least_as_busy_as_the_process_that_ran_on_it():
+    # A process spinning on one CPU, then sleeping: the CPU's busy time over a window that
+    # brackets the process's own readings holds all of its run time, with no 10 ms truncation
+    # to lose it in (the slack is for what the kernel did between the paired readings).
+    cpu = max(os.sched_getaffinity(0))
+    code = (
+        "import sys, time\nend = time.monotonic() + 0.4\nwhile time.monotonic() < end: pass\n"
+        "print('done', flush=True)\nsys.stdin.read()"
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as spinner:
+        try:
+            os.sched_setaffinity(spinner.pid, {cpu})
+            before = snapshot()
+            ran_before = _runtime_s(spinner.pid)
+            assert spinner.stdout.readline() == "done\n"
+            ran = _runtime_s(spinner.pid) - ran_before
+            busy = cpu_split(before, snapshot(), (cpu,)).busy_s
+        finally:
+            spinner.stdin.close()
+            spinner.wait(timeout=10)
+    assert ran > 0.2
+    assert busy >= ran - 0.001, (busy, ran)
 
 
 def test_paired_ratios_divide_within_a_repeat_and_skip_superseded_attempts():
@@ -102,6 +187,7 @@ def test_repeats_rotate_models_and_give_confidence_intervals(tmp_path, engine):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     rows = read_points(only_run_dir(tmp_path))
+    precise_idle = read_idle() is not None
     assert [(r["repeat"], r["model"]) for r in rows] == [
         ("0", "epoll"), ("0", "poll"), ("1", "poll"), ("1", "epoll"), ("2", "epoll"), ("2", "poll"),
     ]  # fmt: skip
@@ -117,11 +203,12 @@ def test_repeats_rotate_models_and_give_confidence_intervals(tmp_path, engine):
         assert float(r["ctx_per_req"]) >= 0 and int(r["server_uss_bytes"]) > 0
         assert 0 <= float(r["softirq_pct"]) <= 100 and 0 <= float(r["steal_pct"]) <= 100
         # The server CPU's busy time is the sum of its parts, and it holds the server's own
-        # processes' CPU: on a pinned CPU nothing is subtracted, only the kernel's work added
-        # (two USER_HZ ticks of slack: /proc/stat prints idle in 10 ms units).
+        # processes' CPU: on a pinned CPU nothing is subtracted, only the kernel's work added.
+        # Idle comes to the nanosecond from /proc/timer_list as root (1 ms of slack for an idle
+        # period running at a reading); otherwise /proc/stat prints it in 10 ms units.
         parts = [float(r[f"server_cpus_{p}_us_per_req"]) for p in ("user", "sys", "softirq")]
         assert float(r["server_cpus_us_per_req"]) == pytest.approx(sum(parts), rel=1e-3)
-        slack = 0.02 * 1e6 / float(r["rps"]) / float(r["duration_s"])
+        slack = (0.001 if precise_idle else 0.02) * 1e6 / float(r["rps"]) / float(r["duration_s"])
         assert float(r["server_cpus_us_per_req"]) >= float(r["cpu_us_per_req"]) - slack
         assert 0 <= float(r["server_cpus_softirq_share"]) <= 1
     # Paired ratios: each repeat's req/s over the reference's (here the first model, epoll, as
@@ -191,3 +278,14 @@ def test_the_median_interval_is_the_order_statistics_with_at_least_95_percent_co
     est = ratio_estimate([1.1, 1.2, 1.15, 1.12, 1.18, 1.3])
     assert est.ci_low == 1.1 and est.ci_high == 1.3 and est.n == 6
     assert ratio_estimate([1.1, 1.2]).ci_low is None
+
+
+def test_a_visit_runs_on_each_cpu_and_gives_the_affinity_back():
+    mine = os.sched_getaffinity(0)
+    cpus = sorted(os.sched_getaffinity(0))
+    assert visit(cpus) is True
+    assert os.sched_getaffinity(0) == mine
+    # A CPU this host does not have: refused, and the affinity is still given back.
+    assert visit([cpus[-1], 4096]) is False
+    assert os.sched_getaffinity(0) == mine
+    assert visit([]) is False

@@ -12,6 +12,8 @@ import resource
 import time
 from dataclasses import dataclass
 
+from bench.measuring.idle_clock import IdleReading, idle_seconds, read_idle
+
 # Columns of a "cpuN" line in /proc/stat, in USER_HZ ticks.
 _FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
 TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
@@ -46,10 +48,15 @@ class HostSnapshot:
     at: float
     ticks: dict[int, dict[str, int]]
     harness_cpu_s: float
+    # Idle time to the nanosecond (bench.measuring.idle_clock), when /proc/timer_list is readable.
+    idle: IdleReading | None = None
 
 
 def snapshot() -> HostSnapshot:
-    return HostSnapshot(time.monotonic(), read_cpu_ticks(), own_cpu_s())
+    """/proc/timer_list, then /proc/stat right after it (idle_clock.idle_seconds takes the
+    larger of their idle figures), and our own CPU."""
+    at, idle = time.monotonic(), read_idle()
+    return HostSnapshot(at, read_cpu_ticks(), own_cpu_s(), idle)
 
 
 @dataclass
@@ -118,6 +125,12 @@ class CpuSplit:
         return self.user_s + self.sys_s + self.softirq_s + self.unsplit_s
 
 
+def _idle_s(snap: HostSnapshot, cpu: int) -> float:
+    """Idle plus iowait seconds of `cpu` at `snap`, to the nanosecond where timer_list was read."""
+    ticks = snap.ticks[cpu]
+    return idle_seconds(snap.idle, cpu, (ticks["idle"] + ticks["iowait"]) * TICK_S)
+
+
 def cpu_split(before: HostSnapshot, after: HostSnapshot, cpus: tuple[int, ...]) -> CpuSplit:
     """What `cpus` were busy with from `before` to `after`, in seconds, from /proc/stat's per-CPU
     lines (man 5 proc): user = user + nice, sys = system + irq, softirq alone.
@@ -131,11 +144,16 @@ def cpu_split(before: HostSnapshot, after: HostSnapshot, cpus: tuple[int, ...]) 
     The busy total is the interval minus idle, iowait and steal. User, system, irq and softirq
     are sampled one tick at a time (kernel/sched/cputime.c, CONFIG_TICK_CPU_ACCOUNTING), a few
     percent of noise over a 2 s window, while under NO_HZ idle and iowait are kept to the
-    nanosecond (fs/proc/stat.c get_idle_time, kernel/time/tick-sched.c) and only printed in
-    USER_HZ units: so the total comes from idle, good to 10 ms per CPU at each end, and only
-    its split from the sampled fields. (cpuidle's per-state residency, in µs, would be finer,
-    but it counts the interrupts and softirqs served while idle as idle.)"""
+    nanosecond (kernel/time/tick-sched.c). /proc/stat prints them in USER_HZ units (10 ms);
+    /proc/timer_list, read by root, in nanoseconds (bench.measuring.idle_clock). So the total
+    comes from idle, to the microsecond at a loaded CPU's window edges (10 ms per CPU at each
+    end without /proc/timer_list), and only its split from the sampled fields; the interval is
+    then the span between the two timer_list readings, on the clock they were taken with.
+    (cpuidle's per-state residency, in µs, would be finer too, but it counts the interrupts
+    and softirqs served while idle as idle, and the idle loop's own work as busy.)"""
     seconds = max(after.at - before.at, 0.0)
+    if before.idle is not None and after.idle is not None:
+        seconds = max(after.idle.now_ns - before.idle.now_ns, 0) / 1e9
     user = sys_ = soft = unsplit = 0.0
     for cpu in cpus:
         end, start = after.ticks.get(cpu), before.ticks.get(cpu)
@@ -144,7 +162,8 @@ def cpu_split(before: HostSnapshot, after: HostSnapshot, cpus: tuple[int, ...]) 
         d = _seconds(start, end)
         parts = (d["user"] + d["nice"], d["system"] + d["irq"], d["softirq"])
         sampled = sum(parts)
-        busy = min(max(seconds - d["idle"] - d["iowait"] - d["steal"], 0.0), seconds)
+        idle = _idle_s(after, cpu) - _idle_s(before, cpu)
+        busy = min(max(seconds - idle - d["steal"], 0.0), seconds)
         if sampled <= 0:
             # Ticks missed a light, bursty load: the total from idle still stands.
             unsplit += busy

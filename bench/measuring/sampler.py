@@ -95,6 +95,7 @@ def sample_tree(
     with_fds: bool = False,
     precise_cpu: bool = False,
     then: Callable[[], object] | None = None,
+    first: Callable[[], object] | None = None,
 ) -> TreeSample | None:
     """One reading of the tree, timed at the middle of its CPU-time reads.
 
@@ -102,8 +103,9 @@ def sample_tree(
     tree USS counts no shared page and PSS each exactly once, where RSS would count them per
     child), `with_ctx` every thread's context switches, `with_fds` the open descriptors,
     `precise_cpu` every thread's run time to the nanosecond (cpu_s; otherwise a single-threaded
-    process's alone, and a multi-threaded one's from ticks, truncated once); `then` is called
-    right after the CPU times are read, before the costly reads. These
+    process's alone, and a multi-threaded one's from ticks, truncated once); `first` is called
+    right before the CPU times are read (after the tree is listed), `then` right after them,
+    before the costly reads: readings of the host taken there bracket the tree's closely. These
     costly reads come in a second pass: with a thousand threads or children they take tens of
     milliseconds, and timing the CPU times at the middle of everything would shorten or stretch
     the span a CPU share is divided by."""
@@ -115,6 +117,8 @@ def sample_tree(
     user = sys_ = total = 0.0
     rss = threads = fds = uss = pss = 0
     by_tid: dict[int, tuple[int, int]] = {}
+    if first is not None:
+        first()
     started = time.monotonic()
     alive = []
     for proc in procs:
@@ -183,8 +187,10 @@ class TreeSampler:
         self.last: TreeSample | None = None
         self.peaks = [0, 0, 0, 0]
 
-    def _take(self, then: Callable[[], object] | None = None, **costly: bool) -> TreeSample | None:
-        sample = sample_tree(self.pid, then=then, **costly)
+    def _take(
+        self, then: Callable[[], object] | None = None, first: Callable[[], object] | None = None, **costly: bool
+    ) -> TreeSample | None:
+        sample = sample_tree(self.pid, then=then, first=first, **costly)
         if sample is not None:
             self.peaks = [
                 max(self.peaks[0], sample.rss_bytes),
@@ -195,15 +201,19 @@ class TreeSampler:
             self.last = sample
         return sample
 
-    def begin(self) -> None:
-        self.first = self._take(with_ctx=True, precise_cpu=True)
+    def begin(self, first: Callable[[], object] | None = None) -> None:
+        """The window's first reading; `first` runs right before its CPU reading (sample_tree)."""
+        self.first = self._take(first=first, with_ctx=True, precise_cpu=True)
 
     def tick(self) -> None:
         self._take()
 
-    def end(self, then: Callable[[], object] | None = None) -> WindowUsage | None:
-        """The window's usage; `then` runs right after the last CPU reading (sample_tree)."""
-        self._take(then, with_uss=True, with_ctx=True, with_fds=True, precise_cpu=True)
+    def end(
+        self, then: Callable[[], object] | None = None, first: Callable[[], object] | None = None
+    ) -> WindowUsage | None:
+        """The window's usage; `first` runs right before the last CPU reading, `then` right
+        after it (sample_tree)."""
+        self._take(then, first, with_uss=True, with_ctx=True, with_fds=True, precise_cpu=True)
         if self.first is None or self.last is None or self.last is self.first:
             return None
         total = max(self.last.cpu_s - self.first.cpu_s, 0.0)

@@ -11,9 +11,10 @@ rate, one panel per model (small multiples on shared axes), one series per conne
   (`p99_uncorrected_us`) as a thin dashed line, on a log scale;
 - (c) the server's CPU: its processes' (`server_cpu_pct`, psutil's CPU times of the server's
   process tree over the window, bench.measuring.sampler) and its pinned CPUs' busy time, everything that
-  ran on them (the kernel's softirq included), derived from `server_cpus_us_per_req` (from
-  /proc/stat, bench.measuring.interference.cpu_split) × the achieved req/s. Both are % of the server's
-  pinned CPUs taken together (100% = all of them busy); on one server CPU, % of one CPU.
+  ran on them (the kernel's softirq included), derived from `server_cpus_us_per_req` (idle
+  from /proc/timer_list or /proc/stat, bench.measuring.interference.cpu_split) × the achieved
+  req/s. Both are % of the server's pinned CPUs taken together (100% = all of them busy); on
+  one server CPU, % of one CPU.
 
 The knee: walking up the offered rates, the last one the server kept up with
 (bench.planning.find_max.keeps_up: achieved >= (1 - RATE_TOLERANCE) x offered, the same test

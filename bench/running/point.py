@@ -15,6 +15,7 @@ from typing import Any
 from bench.errors import PointFailed
 from bench.measuring import shed, stability, tcp_counters
 from bench.measuring.accept_queue import wait_accepted
+from bench.measuring.cpu_visit import visit
 from bench.measuring.interference import (
     CpuSplit,
     HostSnapshot,
@@ -225,7 +226,7 @@ def _measure(
             )
         window = load.schedule(timing.warmup_s, timing.duration_s)
         phase("warm-up")
-        usage, host = _watch_window(server, window, phase)
+        usage, host = _watch_window(server, window, pinning.server, phase)
         phase("collecting")
         result = load.collect(timeout=max(window[1] - time.monotonic(), 0) + 15)
         closed_before_echo = result.closed_before_echo
@@ -250,7 +251,9 @@ def _measure(
         _fill_host(row, interference, steal_only=bool(spec.target))
         histograms["per_cpu_pct"] = interference.per_cpu
         if not spec.target:
-            _fill_server_cpus(row, cpu_split(host[0], host[1], pinning.server), result.requests, result.duration_s)
+            split = cpu_split(host[0], host[1], pinning.server)
+            span = usage.seconds if usage is not None and usage.seconds > 0 else split.seconds
+            _fill_server_cpus(row, split, result.requests, result.duration_s, span)
         if (reason := server.failure()) is not None:
             raise PointFailed(reason)
         expected = 0 if spec.workload == "churn" else spec.connections + spec.idle
@@ -320,6 +323,7 @@ def _tcp_notes(row: dict, before: tcp_counters.Counters | None) -> list[str]:
 def _watch_window(
     server: ServerUnderTest | ExternalServer,
     window: tuple[float, float],
+    server_cpus: tuple[int, ...],
     phase: Callable[[str], None] | None = None,
 ) -> tuple[WindowUsage | None, tuple[HostSnapshot, HostSnapshot]]:
     """Sample the server's tree (when it is ours), and the host's CPUs, from the window's
@@ -328,12 +332,22 @@ def _watch_window(
     if phase is not None:
         # Before both readings, which stay as close to each other as they were.
         phase("window")
-    # The host's readings bracket the server's CPU readings closely at both ends, so that the
-    # server's CPUs cannot read as less busy than the server's processes on them.
-    before = snapshot()
+    # The host's readings bracket the server's CPU readings closely at both ends (right before
+    # the first, right after the last), so that the server's CPUs cannot read as less busy
+    # than the server's processes on them. A visit to those CPUs brings their idle time and
+    # the server's run time up to date (bench.measuring.cpu_visit) just before each is read.
+    bracket: list[HostSnapshot] = []
+
+    def first_readings() -> None:
+        visit(server_cpus)
+        bracket.append(snapshot())
+        visit(server_cpus)
+
     sampler = TreeSampler(server.pid) if server.pid else None
     if sampler is not None:
-        sampler.begin()
+        sampler.begin(first=first_readings)
+    # No server of ours, or it had gone before its first reading.
+    before = bracket[0] if bracket else snapshot()
     while time.monotonic() < window[1]:
         if server.failure() is not None:
             break
@@ -343,7 +357,7 @@ def _watch_window(
     if sampler is None:
         return None, (before, snapshot())
     after: list[HostSnapshot] = []
-    usage = sampler.end(then=lambda: after.append(snapshot()))
+    usage = sampler.end(first=lambda: visit(server_cpus), then=lambda: after.append(snapshot()))
     return usage, (before, after[0] if after else snapshot())
 
 
@@ -372,15 +386,20 @@ def _fill_costs(row: dict, spec: PointSpec, requests: int, usage: WindowUsage, b
         row["mem_per_conn_bytes"] = (after - before) / held
 
 
-def _fill_server_cpus(row: dict, split: CpuSplit, requests: int, duration_s: float) -> None:
+def _fill_server_cpus(row: dict, split: CpuSplit, requests: int, duration_s: float, span_s: float) -> None:
     """The server's pinned CPUs' busy time per request (µs), split into user, sys and softirq:
     beside cpu_us_per_req (the server's processes alone) it is every kind of work on those
     CPUs, the softirq served while the server slept included (bench.measuring.interference.cpu_split).
-    The CPU time is scaled from the harness's snapshots to the workers' window, as for
-    cpu_us_per_req."""
-    if not requests or split.seconds <= 0 or duration_s <= 0:
+
+    The busy time is scaled to the workers' window (`duration_s`) by the same factor as
+    cpu_us_per_req, from `span_s`, the span between the server's first and last CPU readings:
+    the host's readings bracket those (they are taken just before the first and just after the
+    last), so the busy time is of a span longer by well under a millisecond, and the two figures
+    keep the order the CPUs impose, busy >= what the server ran. Scaling each by its own span
+    would not: the load stops at the window's end, and the longer span has more idle tail."""
+    if not requests or span_s <= 0 or duration_s <= 0:
         return
-    per_req = duration_s / split.seconds * 1e6 / requests
+    per_req = duration_s / span_s * 1e6 / requests
     row["server_cpus_us_per_req"] = split.busy_s * per_req
     row["server_cpus_user_us_per_req"] = split.user_s * per_req
     row["server_cpus_sys_us_per_req"] = split.sys_s * per_req
