@@ -167,6 +167,45 @@ class OverlongEchoServer(_PerConnectionThreads):
             conn.sendall(data + b"!")
 
 
+class _FinWithDataServer(_PerConnectionThreads):
+    """Answers a connection's first request with `reply(data)` and its FIN in one segment
+    (TCP_CORK holds the data until shutdown adds the FIN), then reads until the client closes:
+    a reader sees the data and the end of stream in a single wake-up."""
+
+    def reply(self, data: bytes) -> bytes:
+        raise NotImplementedError
+
+    def handle(self, conn: socket.socket) -> None:
+        if not (data := conn.recv(65536)):
+            return
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+        conn.sendall(self.reply(data))
+        conn.shutdown(socket.SHUT_WR)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
+        while conn.recv(65536):
+            pass
+
+
+class HalfEchoFinServer(_FinWithDataServer):
+    """Sends back half of the first request, with its FIN in the same segment."""
+
+    name = "half-echo-fin"
+    mechanism = "a thread per connection; half the first echo and a FIN in one segment"
+
+    def reply(self, data: bytes) -> bytes:
+        return data[: len(data) // 2]
+
+
+class EchoFinServer(_FinWithDataServer):
+    """Echoes the first request whole, with its FIN in the same segment."""
+
+    name = "echo-fin"
+    mechanism = "a thread per connection; the first echo and a FIN in one segment"
+
+    def reply(self, data: bytes) -> bytes:
+        return data
+
+
 class PipeHolderServer(_PerConnectionThreads):
     """Echoes, having left a process outside its own tree that holds its stdout open for 30 s
     (its PID in a warning line): the end of that pipe is not the server's end."""
@@ -265,6 +304,8 @@ EXTRA_MODELS = ",".join(
         "corrupt=faulty_models:CorruptEchoServer",
         "dribble=faulty_models:DribblingEchoServer",
         "overlong=faulty_models:OverlongEchoServer",
+        "half-echo-fin=faulty_models:HalfEchoFinServer",
+        "echo-fin=faulty_models:EchoFinServer",
         "idle-timeout=faulty_models:IdleTimeoutServer",
         "stall=faulty_models:StallingServer",
         "crash=faulty_models:CrashOnAcceptServer",

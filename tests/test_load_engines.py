@@ -101,8 +101,10 @@ def test_an_echo_in_many_segments_is_put_together_and_verified(engine, start_ser
 def test_echoes_larger_than_one_read_are_read_whole(engine, start_server):
     server = start_server("native")
     # 300 KiB: several times the C worker's 64 KiB read, so one wake-up finds more queued than
-    # one read takes; an edge-triggered reader that stopped there would wait for ever.
-    _, result = drive(engine, server.port, LoadPlan("closed", 3, 300 * 1024), duration=1.0)
+    # one read takes; an edge-triggered reader that stopped there would wait for ever, which
+    # the 0.3 s request timeout turns into errors inside the window.
+    plan = LoadPlan("closed", 3, 300 * 1024, request_timeout_s=0.3)
+    _, result = drive(engine, server.port, plan, duration=1.0)
     assert not +result.errors, result.errors
     assert result.live_connections == 3 and result.requests > 10
     assert merge(result.histograms).get_total_count() == result.requests
@@ -113,8 +115,25 @@ def test_echoes_larger_than_one_read_are_read_whole(engine, start_server):
 def test_a_byte_beyond_the_echo_is_a_mismatch(engine, start_server):
     server = start_server("overlong")
     _, result = drive(engine, server.port, LoadPlan("closed", 3, 64))
-    # The first echo verifies; the extra byte queued behind it fails the second.
+    # Every connection fails on the extra byte. The C worker reads only what the echo owes
+    # (as the plain client in benchmarks/ does), so its first echo verifies and the byte fails
+    # the second; the Python worker reads what is there, 65 bytes, and fails the first.
     assert result.errors == {"mismatch": 3}, result.errors
+    assert sum(result.timeline["completed"]) == (3 if engine == "c" else 0)
+    assert result.live_connections == 0
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.usefixtures("faulty_env")
+@pytest.mark.parametrize(("model", "answered"), [("half-echo-fin", 0), ("echo-fin", 3)])
+def test_a_close_that_comes_with_data_is_seen_at_once(engine, start_server, model, answered):
+    server = start_server(model)
+    # Data and FIN in one segment make one wake-up; the close must be counted from it, in the
+    # warm-up, not found by the 2 s request timeout after a window with nothing to show.
+    _, result = drive(engine, server.port, LoadPlan("closed", 3, 64), warmup=0.3, duration=0.3)
+    assert result.errors == {"short_read": 3}, result.errors
+    assert result.closed_before_echo == 3 - answered
+    assert sum(result.timeline["completed"]) == answered
     assert result.live_connections == 0
 
 

@@ -835,9 +835,13 @@ static enum io send_request(int fd, uint32_t id, uint32_t seq, size_t *sent)
  * Active connections are edge-triggered (see ACTIVE_EVENTS), so this reads until the echo is
  * whole or the socket is drained: a recv() that returns less than it asked for has emptied the
  * receive queue (tcp_recvmsg copies while data is queued), and the next segment raises a new
- * edge. Bytes beyond the echo stay queued and are a mismatch when the next read finds them (as
- * the plain client in benchmarks/ reads). */
-static enum io recv_echo(int fd, uint32_t id, uint32_t seq, size_t *received, int *kind)
+ * edge. Not so when the peer's FIN came in the same segment: recv() returns the data short and
+ * the end of stream only at the next call, and no new edge will come. So with `hangup` (the
+ * event carried EPOLLRDHUP, EPOLLHUP or EPOLLERR) it reads on until EAGAIN or the end.
+ * Bytes beyond the echo stay queued: in the closed loop the next read, for the next request's
+ * echo, finds them a mismatch (as the plain client in benchmarks/ reads); in the open loop, the
+ * read at the next echo, or none when the window ends first. */
+static enum io recv_echo(int fd, uint32_t id, uint32_t seq, size_t *received, int *kind, int hangup)
 {
     for (;;) {
         size_t owed = (size_t)opt.payload - *received;
@@ -862,7 +866,7 @@ static enum io recv_echo(int fd, uint32_t id, uint32_t seq, size_t *received, in
         *received += (size_t)n;
         if (*received == (size_t)opt.payload)
             return IO_DONE;
-        if ((size_t)n < ask)
+        if ((size_t)n < ask && !hangup)
             return IO_MORE;
     }
 }
@@ -887,7 +891,8 @@ static int64_t interval_ns; /* open loop: time between one connection's intended
  * one more tcp_poll() per request, for a socket this loop has already drained. Edge-triggered,
  * an item is reported once per arrival of data (sk_data_ready -> ep_poll_callback), so every
  * reader here reads until the socket is drained or the echo is whole (epoll(7), "edge-triggered"). */
-#define ACTIVE_EVENTS (EPOLLIN | EPOLLET)
+#define ACTIVE_EVENTS (EPOLLIN | EPOLLRDHUP | EPOLLET)
+#define HANGUP (EPOLLRDHUP | EPOLLHUP | EPOLLERR)
 
 static void drop(struct conn *c, int kind)
 {
@@ -942,8 +947,9 @@ static void on_active_event(struct conn *c, uint32_t ev)
     }
     if (!(ev & (EPOLLIN | EPOLLERR | EPOLLHUP | EPOLLRDHUP)))
         return;
-    int kind = MISMATCH;
-    enum io r = c->waiting ? recv_unexpected(c->fd, &kind) : recv_echo(c->fd, c->id, c->seq, &c->received, &kind);
+    int kind = MISMATCH, hangup = (ev & HANGUP) != 0;
+    enum io r = c->waiting ? recv_unexpected(c->fd, &kind)
+                           : recv_echo(c->fd, c->id, c->seq, &c->received, &kind, hangup);
     if (r == IO_FAILED)
         drop(c, kind);
     if (r != IO_DONE)
@@ -955,6 +961,13 @@ static void on_active_event(struct conn *c, uint32_t ev)
         hist_record_ns(win.corrected, done - c->t_intended);
         if (opt.workload == OPEN)
             hist_record_ns(win.uncorrected, done - c->t_send);
+    }
+    /* The echo was whole, and the peer had closed behind it: the edge that said so will not
+     * come again, so the close (or bytes beyond the echo) is read now, as level-triggered
+     * epoll would have reported it at the next wait. */
+    if (hangup && recv_unexpected(c->fd, &kind) == IO_FAILED) {
+        drop(c, kind);
+        return;
     }
     if (opt.workload == OPEN) {
         /* The next send keeps its place on the schedule even when this one was late. */
@@ -1145,7 +1158,8 @@ static void churn_event(struct slot *s, uint32_t ev)
             return;
     }
     int kind = RESET;
-    enum io r = recv_echo(s->fd, (uint32_t)opt.worker_id, s->id, &s->received, &kind);
+    /* Level-triggered here: a short read leaves the rest, and a close, to the next wait. */
+    enum io r = recv_echo(s->fd, (uint32_t)opt.worker_id, s->id, &s->received, &kind, 0);
     if (r == IO_FAILED)
         churn_finish(s, kind);
     if (r != IO_DONE)
