@@ -8,37 +8,57 @@ Two figures the harness reads about another CPU lag behind it while that CPU is 
   HZ=250 that is up to 4 ms behind;
 - an idle period still running is not yet in the CPU's idle_sleeptime (kernel/time/tick-sched.c
   tick_nohz_stop_idle, bench.measuring.idle_clock).
-Moving the calling thread onto the CPU ends both: the migration enqueues it there (enqueue_entity
-calls update_curr for the task it preempts), and an idle CPU leaves idle to run it. After the
-visit the figures lag again, but only by the time since it: well under a millisecond for
-readings taken right after, instead of a tick or a whole idle period.
+Moving the calling thread onto the CPU ends both: once it runs there, the task it displaced
+has been switched out (put_prev_task -> update_curr brings its run time up to date), and an
+idle CPU has left idle to run it (tick_nohz_idle_exit). While it runs there, neither moves.
+After it leaves, the figures lag again, but only by the time since: reading there, or right
+after, instead of a tick or a whole idle period behind.
 
-The visit costs the CPU two context switches (tens of µs) each time: the harness makes it only
-at a window's two edges, on the server's pinned CPUs.
+The visit costs the CPU two context switches (tens of µs) each time, and the time of whatever
+the thread reads there (a tenth of a millisecond for the host's idle readings, about 2 ms at
+most for a small server's CPU times): the harness makes it only at a window's two edges, on
+the server's pinned CPUs.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 
-def visit(cpus: Iterable[int]) -> bool:
+def arrive(cpus: Iterable[int]) -> tuple[set[int], bool]:
     """Run the calling thread on each of `cpus` in turn (sched_setaffinity(2) returns only once
-    the thread runs on an allowed CPU), whatever its own affinity, then give that back. False
-    when there is none to visit, or the thread may not run on one of them (EINVAL: a cpuset
-    without it): the figures of the CPUs not visited then lag."""
-    wanted = list(cpus)
-    if not wanted:
-        return False
+    the thread runs on an allowed CPU), whatever its own affinity, and stay on the last.
+    Returns the affinity to give back (`leave`), and False when there was none to visit or the
+    thread may not run on one of them (EINVAL: a cpuset without it; it stays where it was)."""
     affinity = os.sched_getaffinity(0)
+    wanted = list(cpus)
     try:
         for cpu in wanted:
             os.sched_setaffinity(0, {cpu})
     except OSError:
-        return False
+        leave(affinity)
+        return affinity, False
+    return affinity, bool(wanted)
+
+
+def leave(affinity: set[int]) -> None:
+    """Give the calling thread the affinity `arrive` returned."""
+    with contextlib.suppress(OSError):
+        os.sched_setaffinity(0, affinity)
+
+
+def visit(cpus: Iterable[int], then: Callable[[], object] | None = None) -> bool:
+    """`arrive` on `cpus`, call `then()` there, and `leave`; False as for `arrive` (the CPUs
+    not visited then lag, and `then()` runs wherever the thread is).
+
+    Reading on the CPU read about is what makes that CPU's figures exact: it cannot be idle,
+    nor run another task, while the reader runs there."""
+    affinity, visited = arrive(cpus)
+    try:
+        if then is not None:
+            then()
     finally:
-        with contextlib.suppress(OSError):
-            os.sched_setaffinity(0, affinity)
-    return True
+        leave(affinity)
+    return visited

@@ -52,10 +52,12 @@ class HostSnapshot:
     idle: IdleReading | None = None
 
 
-def snapshot() -> HostSnapshot:
-    """/proc/timer_list, then /proc/stat right after it (idle_clock.idle_seconds takes the
-    larger of their idle figures), and our own CPU."""
-    at, idle = time.monotonic(), read_idle()
+def snapshot(with_idle: bool = False) -> HostSnapshot:
+    """/proc/stat and our own CPU; `with_idle` reads /proc/timer_list first (idle to the
+    nanosecond, bench.measuring.idle_clock: idle_seconds takes the larger of the two idle
+    figures). Only a window's edges need it: the kernel prints that file with interrupts off,
+    at a cost that grows with the number of timers on the host."""
+    at, idle = time.monotonic(), read_idle() if with_idle else None
     return HostSnapshot(at, read_cpu_ticks(), own_cpu_s(), idle)
 
 
@@ -141,16 +143,22 @@ def cpu_split(before: HostSnapshot, after: HostSnapshot, cpus: tuple[int, ...]) 
     task's context is charged to that task too (kernel/sched/cputime.c), so beside a process
     that keeps these CPUs busy the two figures are close: the difference is what ran beside it.
 
-    The busy total is the interval minus idle, iowait and steal. User, system, irq and softirq
+    The busy total is the interval minus idle and iowait: all the time the CPU was not idle,
+    steal included. Steal (the hypervisor running something else while this CPU had work) is
+    kept to the nanosecond too, but /proc/stat alone prints it, in 10 ms units: subtracted,
+    one such unit arriving in a 1 s window would take up to 10 ms that the server did run off
+    the busy time (a task's run time leaves steal out, CONFIG_PARAVIRT_TIME_ACCOUNTING). So
+    it stays in, and is reported beside (steal_pct), where it flags the window when large. User, system, irq and softirq
     are sampled one tick at a time (kernel/sched/cputime.c, CONFIG_TICK_CPU_ACCOUNTING), a few
     percent of noise over a 2 s window, while under NO_HZ idle and iowait are kept to the
     nanosecond (kernel/time/tick-sched.c). /proc/stat prints them in USER_HZ units (10 ms);
     /proc/timer_list, read by root, in nanoseconds (bench.measuring.idle_clock). So the total
-    comes from idle, to the microsecond at a loaded CPU's window edges (10 ms per CPU at each
-    end without /proc/timer_list), and only its split from the sampled fields; the interval is
-    then the span between the two timer_list readings, on the clock they were taken with.
-    (cpuidle's per-state residency, in µs, would be finer too, but it counts the interrupts
-    and softirqs served while idle as idle, and the idle loop's own work as busy.)"""
+    comes from idle, to the microsecond when the CPUs were visited just before each reading
+    (bench.measuring.cpu_visit; 10 ms per CPU at each end without /proc/timer_list), and only
+    its split from the sampled fields; the interval is then the span between the two
+    timer_list readings, on the clock they were taken with. (cpuidle's per-state residency, in µs, would be
+    finer too, but it counts the interrupts and softirqs served while idle as idle, and the
+    idle loop's own work as busy.)"""
     seconds = max(after.at - before.at, 0.0)
     if before.idle is not None and after.idle is not None:
         seconds = max(after.idle.now_ns - before.idle.now_ns, 0) / 1e9
@@ -163,7 +171,7 @@ def cpu_split(before: HostSnapshot, after: HostSnapshot, cpus: tuple[int, ...]) 
         parts = (d["user"] + d["nice"], d["system"] + d["irq"], d["softirq"])
         sampled = sum(parts)
         idle = _idle_s(after, cpu) - _idle_s(before, cpu)
-        busy = min(max(seconds - idle - d["steal"], 0.0), seconds)
+        busy = min(max(seconds - idle, 0.0), seconds)
         if sampled <= 0:
             # Ticks missed a light, bursty load: the total from idle still stands.
             unsplit += busy

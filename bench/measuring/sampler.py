@@ -201,9 +201,10 @@ class TreeSampler:
             self.last = sample
         return sample
 
-    def begin(self, first: Callable[[], object] | None = None) -> None:
-        """The window's first reading; `first` runs right before its CPU reading (sample_tree)."""
-        self.first = self._take(first=first, with_ctx=True, precise_cpu=True)
+    def begin(self, first: Callable[[], object] | None = None, then: Callable[[], object] | None = None) -> None:
+        """The window's first reading; `first` runs right before its CPU reading, `then` right
+        after it (sample_tree)."""
+        self.first = self._take(then, first, with_ctx=True, precise_cpu=True)
 
     def tick(self) -> None:
         self._take()

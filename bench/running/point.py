@@ -12,10 +12,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+import psutil
+
 from bench.errors import PointFailed
 from bench.measuring import shed, stability, tcp_counters
 from bench.measuring.accept_queue import wait_accepted
-from bench.measuring.cpu_visit import visit
+from bench.measuring.cpu_visit import arrive, leave, visit
 from bench.measuring.interference import (
     CpuSplit,
     HostSnapshot,
@@ -46,6 +48,9 @@ MIN_CONNECTIONS_FOR_MEMORY = 50
 # Slab moves by megabytes on its own (other tenants, reclaim): a per-connection figure from its
 # difference needs thousands of connections to mean anything.
 MIN_CONNECTIONS_FOR_KERNEL_MEMORY = 5000
+# A server tree of at most this many threads has its CPU times read on its own CPU at a
+# window's edges (_watch_window): about 30 µs each, so at most 2 ms taken from the server.
+ON_CPU_TASKS = 64
 
 
 @dataclass(frozen=True)
@@ -327,38 +332,78 @@ def _watch_window(
     phase: Callable[[str], None] | None = None,
 ) -> tuple[WindowUsage | None, tuple[HostSnapshot, HostSnapshot]]:
     """Sample the server's tree (when it is ours), and the host's CPUs, from the window's
-    start to its end; stop early if the server died. `phase("window")` at its start."""
+    start to its end; stop early if the server died. `phase("window")` at its start.
+
+    The host's readings bracket the server's CPU readings closely (right before the first
+    pass over the server's CPU times, right after the last), so that the server's CPUs cannot
+    read as less busy than the server's processes on them. They are made on the server's CPUs
+    (bench.measuring.cpu_visit), where the CPU is neither idle nor running the server while it
+    is read. For a tree of up to ON_CPU_TASKS threads the two passes over its CPU times are
+    made there too, between the host's readings: every figure is then exact (idle from
+    /proc/timer_list, run times not a tick behind). A larger tree is read from where the
+    harness runs (tens of milliseconds that the server's CPU should not lose), right after a
+    visit to the server's CPUs that brings its run times up to date, with /proc/stat's idle."""
     _sleep_until(window[0])
     if phase is not None:
         # Before both readings, which stay as close to each other as they were.
         phase("window")
-    # The host's readings bracket the server's CPU readings closely at both ends (right before
-    # the first, right after the last), so that the server's CPUs cannot read as less busy
-    # than the server's processes on them. A visit to those CPUs brings their idle time and
-    # the server's run time up to date (bench.measuring.cpu_visit) just before each is read.
-    bracket: list[HostSnapshot] = []
+    readings: list[HostSnapshot] = []
+    on_cpu = server.pid is not None and _tree_tasks(server.pid) <= ON_CPU_TASKS
+    away: list[set[int]] = []
 
-    def first_readings() -> None:
-        visit(server_cpus)
-        bracket.append(snapshot())
-        visit(server_cpus)
+    def read_host() -> None:
+        # A large tree's many threads may hold as many hrtimers, which make /proc/timer_list
+        # slow to read (bench.measuring.idle_clock): its idle time is /proc/stat's.
+        visit(server_cpus, then=lambda: readings.append(snapshot(with_idle=on_cpu)))
+
+    def arrive_and_read() -> None:
+        away.append(arrive(server_cpus)[0])
+        readings.append(snapshot(with_idle=True))
+
+    def read_and_leave() -> None:
+        readings.append(snapshot(with_idle=True))
+        leave(away.pop())
+
+    def go_back() -> None:
+        leave(away.pop())
 
     sampler = TreeSampler(server.pid) if server.pid else None
-    if sampler is not None:
-        sampler.begin(first=first_readings)
-    # No server of ours, or it had gone before its first reading.
-    before = bracket[0] if bracket else snapshot()
+    if sampler is not None and on_cpu:
+        # A small tree's CPU times are read on its CPU too: there the server cannot run (its
+        # run time is exact, not a tick behind) nor the CPU idle, between the two readings.
+        sampler.begin(first=arrive_and_read, then=go_back)
+    elif sampler is not None:
+        sampler.begin(first=lambda: (read_host(), visit(server_cpus)))
+    while away:
+        leave(away.pop())
+    if not readings:
+        # No server of ours, or it had gone before its first reading.
+        read_host()
     while time.monotonic() < window[1]:
         if server.failure() is not None:
             break
         _sleep_until(min(window[1], time.monotonic() + SAMPLE_INTERVAL_S))
         if sampler is not None:
             sampler.tick()
-    if sampler is None:
-        return None, (before, snapshot())
-    after: list[HostSnapshot] = []
-    usage = sampler.end(first=lambda: visit(server_cpus), then=lambda: after.append(snapshot()))
-    return usage, (before, after[0] if after else snapshot())
+    usage = None
+    if sampler is not None and on_cpu:
+        usage = sampler.end(first=lambda: away.append(arrive(server_cpus)[0]), then=read_and_leave)
+    elif sampler is not None:
+        usage = sampler.end(first=lambda: visit(server_cpus), then=read_host)
+    while away:
+        leave(away.pop())
+    if len(readings) < 2:
+        read_host()
+    return usage, (readings[0], readings[-1])
+
+
+def _tree_tasks(pid: int) -> int:
+    """Threads in the process tree of `pid` (more than ON_CPU_TASKS when it cannot be read)."""
+    try:
+        root = psutil.Process(pid)
+        return sum(proc.num_threads() for proc in [root, *root.children(recursive=True)])
+    except psutil.Error:
+        return ON_CPU_TASKS + 1
 
 
 def _fill_costs(row: dict, spec: PointSpec, requests: int, usage: WindowUsage, baseline: TreeSample | None) -> None:
@@ -392,11 +437,14 @@ def _fill_server_cpus(row: dict, split: CpuSplit, requests: int, duration_s: flo
     CPUs, the softirq served while the server slept included (bench.measuring.interference.cpu_split).
 
     The busy time is scaled to the workers' window (`duration_s`) by the same factor as
-    cpu_us_per_req, from `span_s`, the span between the server's first and last CPU readings:
-    the host's readings bracket those (they are taken just before the first and just after the
-    last), so the busy time is of a span longer by well under a millisecond, and the two figures
-    keep the order the CPUs impose, busy >= what the server ran. Scaling each by its own span
-    would not: the load stops at the window's end, and the longer span has more idle tail."""
+    cpu_us_per_req, from `span_s`, the span between the middles of the first and last passes
+    over the server's CPU times. The host's readings bracket those passes, so the busy time is
+    of a span longer by the time from the first reading to the first pass's middle (under a
+    millisecond for one process, about half of a pass that lasts tens of milliseconds for
+    thousands of threads, all of it under load: that much busy time too many) and from the last
+    pass's middle to the last reading (after the load has stopped: idle). The two figures keep
+    the order the CPUs impose, busy >= what the server ran; scaling each by its own span would
+    not, as the longer span has more idle tail."""
     if not requests or span_s <= 0 or duration_s <= 0:
         return
     per_req = duration_s / span_s * 1e6 / requests
