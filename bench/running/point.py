@@ -343,12 +343,13 @@ def _watch_window(
     /proc/timer_list, run times not a tick behind). A larger tree is read from where the
     harness runs (tens of milliseconds that the server's CPU should not lose), right after a
     visit to the server's CPUs that brings its run times up to date, with /proc/stat's idle."""
+    # Counted in the warm-up: listing a thousand children takes tens of milliseconds.
+    on_cpu = bool(server.pid) and _tree_tasks(server.pid) <= ON_CPU_TASKS
     _sleep_until(window[0])
     if phase is not None:
         # Before both readings, which stay as close to each other as they were.
         phase("window")
     readings: list[HostSnapshot] = []
-    on_cpu = server.pid is not None and _tree_tasks(server.pid) <= ON_CPU_TASKS
     away: list[set[int]] = []
 
     def read_host() -> None:
