@@ -148,17 +148,18 @@ def cpu_split(before: HostSnapshot, after: HostSnapshot, cpus: tuple[int, ...]) 
     kept to the nanosecond too, but /proc/stat alone prints it, in 10 ms units: subtracted,
     one such unit arriving in a 1 s window would take up to 10 ms that the server did run off
     the busy time (a task's run time leaves steal out, CONFIG_PARAVIRT_TIME_ACCOUNTING). So
-    it stays in, and is reported beside (steal_pct), where it flags the window when large. User, system, irq and softirq
-    are sampled one tick at a time (kernel/sched/cputime.c, CONFIG_TICK_CPU_ACCOUNTING), a few
-    percent of noise over a 2 s window, while under NO_HZ idle and iowait are kept to the
-    nanosecond (kernel/time/tick-sched.c). /proc/stat prints them in USER_HZ units (10 ms);
-    /proc/timer_list, read by root, in nanoseconds (bench.measuring.idle_clock). So the total
-    comes from idle, to the microsecond when the CPUs were visited just before each reading
-    (bench.measuring.cpu_visit; 10 ms per CPU at each end without /proc/timer_list), and only
-    its split from the sampled fields; the interval is then the span between the two
-    timer_list readings, on the clock they were taken with. (cpuidle's per-state residency, in µs, would be
-    finer too, but it counts the interrupts and softirqs served while idle as idle, and the
-    idle loop's own work as busy.)"""
+    it stays in, and is reported beside (steal_pct), where it flags the window when large.
+
+    User, system, irq and softirq are sampled one tick at a time (kernel/sched/cputime.c,
+    CONFIG_TICK_CPU_ACCOUNTING), a few percent of noise over a 2 s window, while under NO_HZ
+    idle and iowait are kept to the nanosecond (kernel/time/tick-sched.c). /proc/stat prints
+    them in USER_HZ units (10 ms); /proc/timer_list, read by root, in nanoseconds
+    (bench.measuring.idle_clock). So the total comes from idle, exact for a CPU the reading was
+    made on (bench.measuring.cpu_visit; 10 ms per CPU at each end without /proc/timer_list),
+    and only its split from the sampled fields; the interval is then the span between the two
+    timer_list readings, on the clock they were taken with. (cpuidle's per-state residency, in
+    µs, would be finer too, but it counts the interrupts and softirqs served while idle as
+    idle, and the idle loop's own work as busy.)"""
     seconds = max(after.at - before.at, 0.0)
     if before.idle is not None and after.idle is not None:
         seconds = max(after.idle.now_ns - before.idle.now_ns, 0) / 1e9
