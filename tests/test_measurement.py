@@ -13,6 +13,7 @@ from bench_cli import only_run_dir, read_points, run_bench
 from bench.measuring.cpu_visit import visit
 from bench.measuring.idle_clock import IdleReading, idle_seconds, parse_timer_list, read_idle
 from bench.measuring.interference import HostSnapshot, cpu_split, snapshot
+from bench.measuring.sampler import task_runtime_s
 from bench.storing.statistics import add_repeat_statistics, estimate, median_interval, ranking_warnings, ratio_estimate
 
 
@@ -130,12 +131,6 @@ def test_cpu_split_takes_idle_from_timer_list_and_the_span_from_its_clock():
     assert split.softirq_s == pytest.approx(split.busy_s * 50 / 200)
 
 
-def _runtime_s(pid: int) -> float:
-    """The run time of a single-threaded process to the nanosecond (/proc/PID/schedstat)."""
-    with open(f"/proc/{pid}/schedstat") as fh:
-        return int(fh.read().split()[0]) / 1e9
-
-
 @pytest.mark.timeout(30)
 @pytest.mark.skipif(read_idle() is None, reason="/proc/timer_list is not readable (root only)")
 def test_a_cpu_is_at_least_as_busy_as_the_process_that_ran_on_it():
@@ -157,10 +152,10 @@ def test_a_cpu_is_at_least_as_busy_as_the_process_that_ran_on_it():
             os.sched_setaffinity(spinner.pid, {cpu})
             readings: list[HostSnapshot] = []
             visit([cpu], then=lambda: readings.append(snapshot(with_idle=True)))
-            ran_before = _runtime_s(spinner.pid)
+            ran_before = task_runtime_s(spinner.pid)
             assert spinner.stdout.readline() == "done\n"
             visit([cpu])
-            ran = _runtime_s(spinner.pid) - ran_before
+            ran = task_runtime_s(spinner.pid) - ran_before
             visit([cpu], then=lambda: readings.append(snapshot(with_idle=True)))
             busy = cpu_split(readings[0], readings[1], (cpu,)).busy_s
         finally:

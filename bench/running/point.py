@@ -6,6 +6,7 @@ exception that ends the sweep.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -350,7 +351,12 @@ def _watch_window(
         # Before both readings, which stay as close to each other as they were.
         phase("window")
     readings: list[HostSnapshot] = []
-    away: list[set[int]] = []
+    # Where the harness runs between visits: arrive() takes it onto the server's CPUs,
+    # go_home() brings it back (a no-op when it never left).
+    home = os.sched_getaffinity(0)
+
+    def go_home() -> None:
+        leave(home)
 
     def read_host() -> None:
         # A large tree's many threads may hold as many hrtimers, which make /proc/timer_list
@@ -358,25 +364,21 @@ def _watch_window(
         visit(server_cpus, then=lambda: readings.append(snapshot(with_idle=on_cpu)))
 
     def arrive_and_read() -> None:
-        away.append(arrive(server_cpus)[0])
+        arrive(server_cpus)
         readings.append(snapshot(with_idle=True))
 
-    def read_and_leave() -> None:
+    def read_and_go_home() -> None:
         readings.append(snapshot(with_idle=True))
-        leave(away.pop())
-
-    def go_back() -> None:
-        leave(away.pop())
+        go_home()
 
     sampler = TreeSampler(server.pid) if server.pid else None
     if sampler is not None and on_cpu:
         # A small tree's CPU times are read on its CPU too: there the server cannot run (its
         # run time is exact, not a tick behind) nor the CPU idle, between the two readings.
-        sampler.begin(first=arrive_and_read, then=go_back)
+        sampler.begin(first=arrive_and_read, then=go_home)
     elif sampler is not None:
         sampler.begin(first=lambda: (read_host(), visit(server_cpus)))
-    while away:
-        leave(away.pop())
+    go_home()
     if not readings:
         # No server of ours, or it had gone before its first reading.
         read_host()
@@ -388,11 +390,10 @@ def _watch_window(
             sampler.tick()
     usage = None
     if sampler is not None and on_cpu:
-        usage = sampler.end(first=lambda: away.append(arrive(server_cpus)[0]), then=read_and_leave)
+        usage = sampler.end(first=lambda: arrive(server_cpus), then=read_and_go_home)
     elif sampler is not None:
         usage = sampler.end(first=lambda: visit(server_cpus), then=read_host)
-    while away:
-        leave(away.pop())
+    go_home()
     if len(readings) < 2:
         read_host()
     return usage, (readings[0], readings[-1])
