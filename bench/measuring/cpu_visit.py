@@ -15,9 +15,9 @@ After it leaves, the figures lag again, but only by the time since: reading ther
 after, instead of a tick or a whole idle period behind.
 
 The visit costs the CPU two context switches (tens of µs) each time, and the time of whatever
-the thread reads there (a tenth of a millisecond for the host's idle readings, about 2 ms at
-most for a small server's CPU times): the harness makes it only at a window's two edges, on
-the server's pinned CPUs.
+the thread reads there (a tenth of a millisecond for the host's idle readings, up to about
+4 ms for the CPU times of a server of 128 threads): the harness makes it only at a window's
+two edges, on the server's pinned CPUs.
 """
 
 from __future__ import annotations
