@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import subprocess
 from collections.abc import Callable, Iterator, Sequence
 
 import pytest
@@ -25,16 +27,49 @@ def _require_available(name: str) -> str:
 
 # The built-in load engines: every test that exercises the engine runs on both.
 BUILTIN_ENGINES = ("c", "python")
+# The same, with the C engine's request loop on each of its back ends (tests of the loop itself).
+EVERY_LOOP = ("c/io_uring", "c/epoll", "python")
+
+
+@functools.cache
+def c_io_uring_problem() -> str | None:
+    """Why the C worker cannot run its request loop on io_uring here, or None: its own answer.
+    With --io io_uring it sets the ring up before connecting and exits 1 saying why it cannot;
+    otherwise port 1 refuses its connect and stdin at EOF ends it at once."""
+    from loadgen.c_worker import worker_binary
+
+    binary, reason = worker_binary()
+    if binary is None:
+        return reason
+    argv = [str(binary), "--port", "1", "--connections", "1", "--io", "io_uring"]
+    proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
+    marker = "--io io_uring: "
+    return proc.stderr.split(marker, 1)[1].strip() if marker in proc.stderr else None
+
+
+def builtin_engine(param: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The engine named by `param` ("c/epoll", "c/io_uring": c with its request loop on that
+    back end, through $IOMODEL_C_IO; plain "c": its default); one that cannot run here is
+    skipped with its reason."""
+    from bench.running.engines import unavailable_reason
+    from bench.running.load_workers import C_IO_ENV
+
+    name, _, io = param.partition("/")
+    if io:
+        monkeypatch.setenv(C_IO_ENV, io)
+    else:
+        monkeypatch.delenv(C_IO_ENV, raising=False)
+    if (reason := unavailable_reason(name)) is not None:
+        pytest.skip(f"engine {name} unavailable: {reason}")
+    if io == "io_uring" and (reason := c_io_uring_problem()) is not None:
+        pytest.skip(f"the C engine cannot use io_uring here: {reason}")
+    return name
 
 
 @pytest.fixture(params=BUILTIN_ENGINES)
-def engine(request: pytest.FixtureRequest) -> str:
-    """Each built-in load engine by name; one that cannot run here is skipped with its reason."""
-    from bench.running.engines import unavailable_reason
-
-    if (reason := unavailable_reason(request.param)) is not None:
-        pytest.skip(f"engine {request.param} unavailable: {reason}")
-    return request.param
+def engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each built-in load engine by name."""
+    return builtin_engine(request.param, monkeypatch)
 
 
 @pytest.fixture(params=ALL_MODELS)

@@ -124,6 +124,17 @@ class StallingServer(_PerConnectionThreads):
             conn.sendall(data)
 
 
+class SilentServer(_PerConnectionThreads):
+    """Reads every request and never answers: every request ends in the client's timeout."""
+
+    name = "silent"
+    mechanism = "a thread per connection that reads and never echoes"
+
+    def handle(self, conn: socket.socket) -> None:
+        while conn.recv(65536):
+            pass
+
+
 class OneEchoServer(_PerConnectionThreads):
     """Echoes a connection's first request, then closes it: a close after an echo."""
 
@@ -308,6 +319,7 @@ EXTRA_MODELS = ",".join(
         "echo-fin=faulty_models:EchoFinServer",
         "idle-timeout=faulty_models:IdleTimeoutServer",
         "stall=faulty_models:StallingServer",
+        "silent=faulty_models:SilentServer",
         "crash=faulty_models:CrashOnAcceptServer",
         "never-ready=faulty_models:NeverReadyServer",
         "unavailable=faulty_models:UnavailableServer",

@@ -6,6 +6,7 @@ import json
 
 import pytest
 from bench_cli import only_run_dir, read_points, run_bench
+from conftest import c_io_uring_problem
 
 
 @pytest.mark.timeout(150)
@@ -50,7 +51,23 @@ def test_the_run_records_its_engine_and_c_is_the_default(tmp_path):
     (row,) = read_points(run_dir)
     assert row["engine"] == "c" and row["status"] == "ok"
     assert json.loads((run_dir / "run.json").read_text())["config"]["point"]["engine"] == "c"
-    assert "load engine <b>c</b>" in (run_dir / "report.html").read_text()
+    html = (run_dir / "report.html").read_text()
+    assert "load engine <b>c</b>" in html
+    # Its request loop: io_uring wherever the worker can set it up, and the report says so.
+    assert row["engine_io"] == ("epoll" if c_io_uring_problem() else "io_uring")
+    assert f"Its request loop ran on {row['engine_io']} at 1 point." in html
+
+
+@pytest.mark.timeout(120)
+def test_the_c_engines_request_loop_can_be_chosen(tmp_path):
+    common = ["run", "--models", "epoll", "--connections", "5", "--duration", "0.3"]
+    proc = run_bench(*common, "--out", str(tmp_path / "runs"), env={"IOMODEL_C_IO": "epoll"})
+    assert proc.returncode == 0, proc.stderr
+    (row,) = read_points(only_run_dir(tmp_path / "runs"))
+    assert row["engine_io"] == "epoll" and row["status"] == "ok" and "C engine on epoll" not in row["reason"]
+    bad = run_bench(*common, "--out", str(tmp_path / "bad"), env={"IOMODEL_C_IO": "kqueue"})
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and bad.stderr.count("\n") == 1
+    assert "IOMODEL_C_IO is one of auto, epoll, io_uring, not 'kqueue'" in bad.stderr
 
 
 @pytest.mark.timeout(120)

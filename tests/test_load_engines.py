@@ -14,6 +14,7 @@ import time
 import psutil
 import pytest
 from bench_cli import TESTS_DIR
+from conftest import EVERY_LOOP, builtin_engine, c_io_uring_problem
 from faulty_models import EXTRA_MODELS
 from hdrh.histogram import HdrHistogram
 
@@ -22,6 +23,13 @@ from bench.running.load_workers import ConnectPhase, LoadPlan, LoadResult
 from loadgen.histogram import encode_counts, merge, new_histogram, summarize
 
 HOST = "127.0.0.1"
+
+
+@pytest.fixture(params=EVERY_LOOP)
+def engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Here the C engine runs with its request loop on io_uring (where the kernel has it) and on
+    epoll: the two must count alike."""
+    return builtin_engine(request.param, monkeypatch)
 
 
 def drive(
@@ -115,9 +123,10 @@ def test_echoes_larger_than_one_read_are_read_whole(engine, start_server):
 def test_a_byte_beyond_the_echo_is_a_mismatch(engine, start_server):
     server = start_server("overlong")
     _, result = drive(engine, server.port, LoadPlan("closed", 3, 64))
-    # Every connection fails on the extra byte. The C worker reads only what the echo owes
-    # (as the plain client in benchmarks/ does), so its first echo verifies and the byte fails
-    # the second; the Python worker reads what is there, 65 bytes, and fails the first.
+    # Every connection fails on the extra byte. The C worker checks only what the echo owes
+    # against it (as the plain client in benchmarks/ does) and the rest against the next echo, so
+    # its first echo verifies and the byte fails the second; the Python worker checks what it
+    # read, 65 bytes, and fails the first.
     assert result.errors == {"mismatch": 3}, result.errors
     assert sum(result.timeline["completed"]) == (3 if engine == "c" else 0)
     assert result.live_connections == 0
@@ -192,7 +201,9 @@ def _start_worker(engine: str, port: int, *options: str) -> subprocess.Popen:
     return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=TESTS_DIR.parent)
 
 
-def _run_worker(proc: subprocess.Popen, warmup: float = 0.1, duration: float = 0.3) -> tuple[dict, dict]:
+def _run_worker(
+    proc: subprocess.Popen, warmup: float = 0.1, duration: float = 0.3, release: bool = True
+) -> tuple[dict, dict]:
     connected = json.loads(proc.stdout.readline())
     start = time.monotonic() + 0.05
     schedule = {
@@ -204,6 +215,8 @@ def _run_worker(proc: subprocess.Popen, warmup: float = 0.1, duration: float = 0
     proc.stdin.write(json.dumps(schedule) + "\n")
     proc.stdin.flush()
     result = json.loads(proc.stdout.readline())
+    if not release:
+        return connected, result
     # The worker holds its connections until the manager closes its stdin.
     proc.stdin.close()
     assert proc.wait(timeout=10) == 0
@@ -319,3 +332,93 @@ def test_connect_progress_grows_worker_by_worker_to_the_total(engine, start_serv
         load.stop()
     assert len(seen) == 3 and seen == sorted(seen) and seen[0] > 0
     assert seen[-1] == connect.connected == 30
+
+
+def _tcp_peers(pid: int) -> list:
+    return [c for c in psutil.Process(pid).net_connections("tcp") if c.raddr]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.usefixtures("faulty_env")
+def test_a_dropped_connection_is_closed_while_the_worker_runs_on(engine, start_server):
+    # On io_uring a recv armed on a socket holds its file: close() alone would leave the
+    # connection open until the worker exits. The worker holds its other connections open
+    # until released, so the server must see every corrupted one gone before that.
+    server = start_server("corrupt")
+    proc = _start_worker(engine, server.port, "--connections", "3")
+    try:
+        connected, result = _run_worker(proc, release=False)
+        assert connected["connected"] == 3 and result["errors"] == {"mismatch": 3}, result
+        deadline = time.monotonic() + 5
+        while _tcp_peers(server.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)  # the server notices the closes on its own schedule
+        assert _tcp_peers(server.pid) == []
+        assert proc.poll() is None  # still holding, not exited
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.usefixtures("faulty_env")
+def test_connections_dropped_at_the_window_end_are_closed_too(engine, start_server):
+    # Every request times out at the window's end: the worker's last act before holding its
+    # connections is to drop them all. On io_uring their sockets close only when the kernel has
+    # ended their cancelled recvs, which the worker must see through before it holds.
+    server = start_server("silent")
+    proc = _start_worker(engine, server.port, "--connections", "3", "--request-timeout", "0.45")
+    try:
+        connected, result = _run_worker(proc, warmup=0.0, duration=0.5, release=False)
+        assert connected["connected"] == 3 and result["errors"] == {"timeout": 3}, result
+        deadline = time.monotonic() + 5
+        while _tcp_peers(server.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)  # the server notices the closes on its own schedule
+        assert _tcp_peers(server.pid) == []
+        assert proc.poll() is None
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.timeout(60)
+def test_the_c_worker_reports_its_request_loop(start_server, monkeypatch):
+    from bench.running.engines import unavailable_reason
+    from bench.running.load_workers import C_IO_ENV
+
+    if (reason := unavailable_reason("c")) is not None:
+        pytest.skip(reason)
+    server = start_server("native")
+    for io in ("epoll", "auto") if c_io_uring_problem() else ("epoll", "io_uring", "auto"):
+        monkeypatch.setenv(C_IO_ENV, io)
+        proc = _start_worker("c", server.port, "--connections", "2")
+        try:
+            connected, result = _run_worker(proc)
+        finally:
+            proc.kill()
+            proc.wait()
+        assert result["requests"] > 0 and not result["errors"], result
+        if io == "epoll":
+            assert connected["io"] == "epoll" and "io_why" not in connected
+        elif io == "io_uring":  # set up, or the worker fails: never a quiet fall-back
+            assert connected["io"] == "io_uring"
+        else:
+            assert connected["io"] in ("io_uring", "epoll") and (connected["io"] == "epoll") == ("io_why" in connected)
+
+
+@pytest.mark.timeout(60)
+def test_a_bad_request_loop_choice_is_one_line(monkeypatch):
+    from bench.errors import UsageError
+    from bench.running.engines import choose_engine, unavailable_reason
+    from bench.running.load_workers import C_IO_ENV
+
+    if (reason := unavailable_reason("c")) is not None:
+        pytest.skip(reason)
+    monkeypatch.setenv(C_IO_ENV, "kqueue")
+    with pytest.raises(UsageError, match="IOMODEL_C_IO is one of auto, epoll, io_uring"):
+        choose_engine("c")
+    load = engine_class("c")(HOST, 1, LoadPlan("closed", 1, 64), (), 1)
+    monkeypatch.delenv(C_IO_ENV)
+    argv = load.argv(["--host", HOST, "--port", "1", "--connections", "1"])
+    argv[argv.index("--io") + 1] = "kqueue"
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    assert proc.returncode == 2 and proc.stderr == "loadgen-worker: --io is auto, epoll or io_uring\n"

@@ -370,6 +370,15 @@ def _syscall_profile(rows: list[dict[str, Any]]) -> dict[str, str]:
     return {m: format_top_syscalls(rows, m) for m in dict.fromkeys(r["model"] for r in rows)}
 
 
+def _engine_io(df: pd.DataFrame) -> list[tuple[str, int]]:
+    """[(request loop, points)] of the C engine's points: io_uring or epoll; empty for other engines
+    and for runs recorded before the column existed."""
+    if df.empty or "engine_io" not in df.columns:
+        return []
+    loops = df["engine_io"].dropna().astype(str)
+    return sorted(loops[loops != ""].value_counts().items())
+
+
 def render_report(run_path: Path) -> Path:
     run_dir = RunDirectory(run_path)
     meta = run_dir.read_run()
@@ -421,6 +430,7 @@ def render_report(run_path: Path) -> Path:
         # A sweep's point template; a profile run keeps these at the top of its config.
         point=point,
         engine=describe_engine(point.get("engine", "builtin")),
+        engine_io=_engine_io(current) if not df.empty else [],
     )
     write_text_atomic(run_dir.report_file, html)
     write_index(run_dir.path.parent)

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from bench.errors import UsageError
-from bench.running.load_workers import ConnectPhase, CWorkers, LoadPlan, LoadResult, PythonWorkers
+from bench.running.load_workers import ConnectPhase, CWorkers, LoadPlan, LoadResult, PythonWorkers, c_io_choice
 
 ENGINES = ("c", "python", "locust")
 # Runs written before the C engine existed called the Python worker "builtin".
@@ -44,8 +44,10 @@ class LoadEngine(Protocol):
 
 # How each engine measures, in the words of a report's "How it was measured".
 HOW = {
-    "c": "compiled worker processes (loadgen/native/worker.c), each one epoll loop over its connections, "
-    "latencies at 1 µs resolution folded into HdrHistograms (1 µs..60 s, 3 significant digits)",
+    "c": "compiled worker processes (loadgen/native/worker.c), each one loop over its connections on io_uring "
+    "(a multishot recv per connection into kernel-provided buffers, sends batched into the wait's system call; "
+    "Linux 6.1+), else on epoll (the engine_io column says which), latencies at 1 µs resolution folded into "
+    "HdrHistograms (1 µs..60 s, 3 significant digits)",
     "python": "`python -m loadgen` worker processes, each one epoll loop over its connections (the portable "
     "engine: on a fast server its ~2 µs of interpreter per request can make it the bottleneck)",
     "locust": "a Locust master and worker processes running a raw-TCP echo user, microsecond HdrHistograms per "
@@ -78,6 +80,8 @@ def choose_engine(requested: str | None) -> tuple[str, list[str]]:
     """The engine a run uses, and warnings: no request means c, or python (with a warning
     saying why) where c cannot be built. An engine asked for by name that cannot run is a
     UsageError."""
+    if requested in (None, "c"):
+        c_io_choice()  # a bad $IOMODEL_C_IO is an error before the run, not at every point
     if requested is None:
         reason = unavailable_reason("c")
         if reason is None:

@@ -9,6 +9,7 @@ workers take the same options and speak the same protocol (loadgen/control.py).
 from __future__ import annotations
 
 import ipaddress
+import os
 import resource
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.errors import PointFailed
+from bench.errors import PointFailed, UsageError
 from bench.running.pipes import MessageReader, deadline_in, remaining
 from bench.running.processes import spawn, terminate_tree
 from childproc import format_cpus
@@ -51,6 +52,10 @@ class ConnectPhase:
     seconds: float
     histogram: str
     notes: list[str] = field(default_factory=list)
+    # The C engine's request loop: "io_uring" or "epoll" (several when workers differ); and why
+    # a worker ran on epoll where io_uring was wanted. Empty for the other engines.
+    io: str = ""
+    io_why: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -211,6 +216,8 @@ class LoadWorkers:
             seconds=max(m["seconds"] for m in messages),
             histogram=merge([m["histogram"] for m in messages]).encode().decode("ascii"),
             notes=notes,
+            io=", ".join(sorted({m["io"] for m in messages if m.get("io")})),
+            io_why=sorted({m["io_why"] for m in messages if m.get("io_why")}),
         )
 
     def schedule(self, warmup_s: float, duration_s: float) -> tuple[float, float]:
@@ -303,6 +310,20 @@ class PythonWorkers(LoadWorkers):
         return [sys.executable, "-m", "loadgen", *options]
 
 
+# The C worker's request loop: auto (io_uring where the kernel has it, else epoll), epoll or
+# io_uring (a worker that cannot set it up then fails). For comparing the two and for tests.
+C_IO_ENV = "IOMODEL_C_IO"
+C_IO_CHOICES = ("auto", "epoll", "io_uring")
+
+
+def c_io_choice() -> str:
+    """The C worker's --io, from $IOMODEL_C_IO (default auto). Raises UsageError for another value."""
+    io = os.environ.get(C_IO_ENV, "auto")
+    if io not in C_IO_CHOICES:
+        raise UsageError(f"{C_IO_ENV} is one of {', '.join(C_IO_CHOICES)}, not {io!r}")
+    return io
+
+
 class CWorkers(LoadWorkers):
     """`--engine c`: the compiled worker (loadgen/native/worker.c), built on first use."""
 
@@ -318,4 +339,4 @@ class CWorkers(LoadWorkers):
         super().__init__(*args, **kwargs)
 
     def argv(self, options: list[str]) -> list[str]:
-        return [str(self.binary), *options]
+        return [str(self.binary), *options, "--io", c_io_choice()]

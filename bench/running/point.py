@@ -213,7 +213,7 @@ def _measure(
                 phase(f"connecting ({n:,} of {wanted:,})")
 
         connect = load.wait_connected(timeout=connect_timeout, progress=opened)
-        row.update(connected=connect.connected, connect_s=connect.seconds)
+        row.update(connected=connect.connected, connect_s=connect.seconds, engine_io=connect.io)
         queued = None
         if server.pid and spec.workload != "churn":
             phase(f"connecting ({connect.connected:,} of {spec.connections + spec.idle:,}): accepting")
@@ -279,6 +279,7 @@ def _measure(
         notes = [*server.warnings]
         if spec.target:
             notes.append(f"server metrics unavailable: external server at {spec.target}")
+        notes += [f"C engine on epoll, not io_uring: {why}" for why in connect.io_why]
         if row["errors"]:
             notes.append(f"{row['errors']} errors: {row['error_kinds']}")
         if rounds:

@@ -135,6 +135,8 @@ POINT_COLUMNS = [
     # Issue 13: connections the server shed at its descriptor limit, by its own count (its
     # stats and shed lines on stdout, bench.measuring.shed); empty when it said nothing (--target).
     "shed",
+    # The C engine's request loop: io_uring or epoll (empty for the other engines).
+    "engine_io",
 ]
 
 STATUS_OK = "ok"

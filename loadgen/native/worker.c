@@ -15,10 +15,15 @@
  *           byte for byte (connection id + sequence number in every 16 bytes), repeats;
  *   open    each active connection sends on a fixed schedule (rate / connections per s);
  *           latency counts from the intended send time (coordinated omission corrected, as
- *           wrk2 does); the service time from the actual send is kept beside it; a timerfd
- *           wakes the loop at each send time to the microsecond;
+ *           wrk2 does); the service time from the actual send is kept beside it; the loop
+ *           wakes at each send time to the microsecond (a timerfd on epoll, the wait's own
+ *           nanosecond timeout on io_uring);
  *   idle    silent connections held open beside the active ones, watched for closes;
  *   churn   N slots each connect, send one request, verify the echo, close, again.
+ * The closed and open loops run on io_uring (Linux 6.1+) or on epoll: --io auto|epoll|io_uring,
+ * auto by default (see "io_uring: the request loop's other back end"); churn and the connect
+ * phase always use epoll. The connected message says which ("io") and, when auto fell back to
+ * epoll, why ("io_why").
  * A request counts in the window when its echo was verified at t, window_start <= t < window_end.
  * Beside the window's figures, a timeline counts verified echoes (churn: cycles) and errors per
  * 100 ms bin from start_at to the window's end (loadgen/timeline.py holds the reference rules).
@@ -30,9 +35,11 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <getopt.h>
+#include <linux/io_uring.h>
 #include <math.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdint.h>
@@ -40,9 +47,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/timerfd.h>
 #include <time.h>
 #include <unistd.h>
@@ -73,6 +82,7 @@ static uint64_t closed_before_echo;
 /* ---- options ---------------------------------------------------------------------------- */
 
 enum workload { CLOSED, OPEN, IDLE, CHURN };
+enum io_backend { IO_AUTO, IO_EPOLL, IO_URING };
 static struct {
     const char *host;
     int port;
@@ -81,6 +91,7 @@ static struct {
     double rate, connect_timeout_s, request_timeout_s;
     const char *cpus;
     int die_with_parent;
+    enum io_backend io;
 } opt = {.host = "127.0.0.1", .port = -1, .connections = -1, .payload = 64, .spread = 1,
          .connect_timeout_s = 5.0, .request_timeout_s = 2.0, .cpus = ""};
 
@@ -130,7 +141,7 @@ static void parse_options(int argc, char **argv)
         {"first-index", required_argument, 0, 'f'},   {"spread", required_argument, 0, 's'},
         {"connect-timeout", required_argument, 0, 'T'}, {"request-timeout", required_argument, 0, 'R'},
         {"cpus", required_argument, 0, 'C'},          {"die-with-parent", no_argument, 0, 'D'},
-        {0, 0, 0, 0}};
+        {"io", required_argument, 0, 'I'},            {0, 0, 0, 0}};
     int ch;
     while ((ch = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
         switch (ch) {
@@ -147,6 +158,12 @@ static void parse_options(int argc, char **argv)
         case 'R': opt.request_timeout_s = parse_double(optarg, "--request-timeout"); break;
         case 'C': opt.cpus = optarg; break;
         case 'D': opt.die_with_parent = 1; break;
+        case 'I':
+            if (!strcmp(optarg, "auto")) opt.io = IO_AUTO;
+            else if (!strcmp(optarg, "epoll")) opt.io = IO_EPOLL;
+            else if (!strcmp(optarg, "io_uring")) opt.io = IO_URING;
+            else usage_error("--io is auto, epoll or io_uring");
+            break;
         case 'w':
             if (!strcmp(optarg, "closed")) opt.workload = CLOSED;
             else if (!strcmp(optarg, "open")) opt.workload = OPEN;
@@ -532,6 +549,238 @@ static void close_fd(int fd)
         fail_errno("close");
 }
 
+/* ---- io_uring: the request loop's other back end ---------------------------------------- */
+
+/* The closed and open loops run on io_uring where the kernel has what they need (Linux 6.1),
+ * else on epoll (--io chooses; auto is the default). Per request, epoll costs an epoll_wait()
+ * report, a recv() and a send(), each a system call, and the wake-up that puts the socket on
+ * epoll's ready list. Here:
+ *  - each active connection has one multishot recv (IORING_RECV_MULTISHOT, Linux 6.0) armed for
+ *    its life: every segment of an echo lands in a kernel-provided buffer (a buffer ring,
+ *    IORING_REGISTER_PBUF_RING, 5.19) and is announced by a completion, with no call of ours;
+ *  - the sends a loop pass prepares are submitted by the same io_uring_enter() that waits for
+ *    the next completions: one system call per pass, however many requests it carries;
+ *  - DEFER_TASKRUN (6.1) runs the kernel's completion work when we wait, in a batch, on our CPU.
+ * io_uring_setup(2), io_uring_enter(2), io_uring_register(2), io_uring_buf_ring(7) describe the
+ * interface; liburing wraps the same calls, and we keep to the system calls and Linux headers.
+ * README ("The load engine's yardstick") has what it measured against the plain epoll client. */
+
+#define RING_MIN_ENTRIES 64UL
+#define RING_MAX_ENTRIES 32768UL /* IORING_MAX_ENTRIES (io_uring/io_uring.h); also the buffer ring's */
+#define RING_BUF_MIN 256UL
+#define RING_BUF_BUDGET (32UL << 20) /* bytes of receive buffers per worker at most, above the minimum */
+#define RING_SEND_BUDGET (64UL << 20)
+#define RING_SEND_MIN 4096UL
+
+#ifndef IORING_ENTER_ABS_TIMER
+#define IORING_ENTER_ABS_TIMER (1U << 5) /* include/uapi/linux/io_uring.h, Linux 6.12 */
+#endif
+
+enum ring_op { RING_RECV = 1, RING_SEND, RING_IDLE, RING_CANCEL };
+
+static struct {
+    int fd;        /* -1: the request loop is on epoll */
+    int abs_timer; /* the wait's timeout can be a CLOCK_MONOTONIC instant (6.12), else relative */
+    int settling;  /* the loop is over: completions only end operations, nothing new starts */
+    long closing;  /* operations of closed connections not yet over (each holds its socket) */
+    unsigned *sq_head, *sq_tail, *cq_head, *cq_tail;
+    unsigned sq_mask, cq_mask, sq_entries, tail;
+    struct io_uring_sqe *sqes;
+    struct io_uring_cqe *cqes;
+    struct io_uring_buf_ring *bufs;
+    unsigned nbufs, buf_tail, buf_returned;
+    size_t buf_size;
+    unsigned char *buf_mem;
+    /* Per active connection, the current request's 16-byte pattern repeated over a chunk + 16
+     * bytes: a send reads its bytes until it completes, so they cannot be the shared pattern. */
+    unsigned char *send_mem;
+    size_t chunk, send_size;
+} ring = {.fd = -1};
+static char ring_why[200]; /* why the request loop is on epoll although io_uring was possible */
+
+static unsigned long pow2_at_least(unsigned long n, unsigned long lo, unsigned long hi)
+{
+    unsigned long v = lo;
+    while (v < n && v < hi)
+        v <<= 1;
+    return v;
+}
+
+static int ring_refuse(const char *call, int err, const char *hint)
+{
+    snprintf(ring_why, sizeof ring_why, "%s: %s%s", call, strerror(err), hint);
+    if (ring.fd >= 0 && close(ring.fd) < 0)
+        fail_errno("close(io_uring)");
+    ring.fd = -1; /* what was mapped stays mapped, unused: a few pages, once */
+    return -1;
+}
+
+/* Sets up the ring, its buffer ring and the send buffers for `active` active and `idle` idle
+ * connections. Returns 0, or -1 with ring_why set and no descriptor left open (the request
+ * loop then runs on epoll). Memory it cannot get is fatal, as everywhere in this worker. */
+static int ring_setup(long active, long idle)
+{
+    struct io_uring_params p;
+    memset(&p, 0, sizeof p);
+    unsigned long entries = pow2_at_least(2UL * (unsigned long)active, RING_MIN_ENTRIES, RING_MAX_ENTRIES);
+    p.flags = IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP | IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN |
+              IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN;
+    /* Room for every completion that can be outstanding at once (an echo's segments, bounded by
+     * the buffers; a send and a recv's end per connection; a poll per idle one), so that the
+     * kernel need not hold completions back on its overflow list. */
+    p.cq_entries = (unsigned)pow2_at_least(4UL * (unsigned long)active + (unsigned long)idle, 2 * entries,
+                                           2 * RING_MAX_ENTRIES);
+    int fd = (int)syscall(__NR_io_uring_setup, (unsigned)entries, &p);
+    if (fd < 0)
+        return ring_refuse("io_uring_setup", errno,
+                           errno == EINVAL   ? " (DEFER_TASKRUN needs Linux 6.1)"
+                           : errno == EPERM  ? " (kernel.io_uring_disabled, or a seccomp filter)"
+                           : errno == ENOSYS ? " (a kernel without io_uring)"
+                                             : "");
+    ring.fd = fd;
+    unsigned need = IORING_FEAT_SINGLE_MMAP | IORING_FEAT_NODROP | IORING_FEAT_EXT_ARG;
+    if ((p.features & need) != need)
+        return ring_refuse("io_uring_setup", ENOTSUP, " (features SINGLE_MMAP, NODROP, EXT_ARG)");
+    size_t sq_len = p.sq_off.array + p.sq_entries * sizeof(unsigned);
+    size_t cq_len = p.cq_off.cqes + p.cq_entries * sizeof(struct io_uring_cqe);
+    size_t len = sq_len > cq_len ? sq_len : cq_len;
+    unsigned char *rings = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, IORING_OFF_SQ_RING);
+    if (rings == MAP_FAILED)
+        return ring_refuse("mmap(io_uring)", errno, "");
+    ring.sqes = mmap(NULL, p.sq_entries * sizeof *ring.sqes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd,
+                     IORING_OFF_SQES);
+    if (ring.sqes == MAP_FAILED)
+        return ring_refuse("mmap(io_uring SQEs)", errno, "");
+    ring.sq_head = (unsigned *)(rings + p.sq_off.head);
+    ring.sq_tail = (unsigned *)(rings + p.sq_off.tail);
+    ring.sq_mask = *(unsigned *)(rings + p.sq_off.ring_mask);
+    ring.sq_entries = p.sq_entries;
+    ring.cq_head = (unsigned *)(rings + p.cq_off.head);
+    ring.cq_tail = (unsigned *)(rings + p.cq_off.tail);
+    ring.cq_mask = *(unsigned *)(rings + p.cq_off.ring_mask);
+    ring.cqes = (struct io_uring_cqe *)(rings + p.cq_off.cqes);
+    ring.tail = *ring.sq_tail;
+    unsigned *array = (unsigned *)(rings + p.sq_off.array);
+    for (unsigned i = 0; i < p.sq_entries; i++)
+        array[i] = i; /* SQE slot i is submitted from ring slot i, always */
+
+    /* A buffer per active connection: each has one echo in flight (open loop: at most one). */
+    ring.nbufs = (unsigned)pow2_at_least((unsigned long)active, RING_MIN_ENTRIES, RING_MAX_ENTRIES);
+    size_t want = ((size_t)opt.payload + 63) & ~(size_t)63, most = RING_BUF_BUDGET / ring.nbufs;
+    ring.buf_size = want < RING_BUF_MIN ? RING_BUF_MIN : want > most ? (most > RING_BUF_MIN ? most : RING_BUF_MIN) : want;
+    if (ring.buf_size > RECV_SIZE)
+        ring.buf_size = RECV_SIZE;
+    ring.bufs = mmap(NULL, ring.nbufs * sizeof(struct io_uring_buf), PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (ring.bufs == MAP_FAILED)
+        fail_errno("mmap(buffer ring)");
+    ring.buf_mem = malloc(ring.nbufs * ring.buf_size);
+    if (!ring.buf_mem)
+        fail_errno("malloc(receive buffers)");
+    struct io_uring_buf_reg reg;
+    memset(&reg, 0, sizeof reg);
+    reg.ring_addr = (uint64_t)(uintptr_t)ring.bufs;
+    reg.ring_entries = ring.nbufs;
+    reg.bgid = 0;
+    if (syscall(__NR_io_uring_register, fd, IORING_REGISTER_PBUF_RING, &reg, 1) < 0)
+        return ring_refuse("io_uring_register(PBUF_RING)", errno, errno == EINVAL ? " (needs Linux 5.19)" : "");
+    for (unsigned b = 0; b < ring.nbufs; b++) {
+        struct io_uring_buf *slot = &ring.bufs->bufs[b];
+        slot->addr = (uint64_t)(uintptr_t)(ring.buf_mem + (size_t)b * ring.buf_size);
+        slot->len = (uint32_t)ring.buf_size;
+        slot->bid = (uint16_t)b;
+    }
+    ring.buf_tail = ring.nbufs;
+    __atomic_store_n(&ring.bufs->tail, (uint16_t)ring.buf_tail, __ATOMIC_RELEASE);
+
+    unsigned long per = RING_SEND_BUDGET / (unsigned long)(active > 0 ? active : 1);
+    size_t chunk = per < RING_SEND_MIN ? RING_SEND_MIN : per;
+    if (chunk > (size_t)opt.payload)
+        chunk = (size_t)opt.payload;
+    if (chunk > PATTERN_MAX - 16)
+        chunk = PATTERN_MAX - 16;
+    ring.chunk = chunk;
+    ring.send_size = ((chunk + 15) & ~(size_t)15) + 16;
+    ring.send_mem = malloc((size_t)(active > 0 ? active : 1) * ring.send_size);
+    if (!ring.send_mem)
+        fail_errno("malloc(send buffers)");
+    /* An absolute timeout (IORING_ENTER_ABS_TIMER, on the ring's clock, CLOCK_MONOTONIC by
+     * default) is measured from our own reading of the clock: a relative one counts from when
+     * the kernel starts waiting, after this pass's sends, and each wake-up would come that late. */
+    struct __kernel_timespec zero = {0, 0};
+    struct io_uring_getevents_arg arg;
+    memset(&arg, 0, sizeof arg);
+    arg.ts = (uint64_t)(uintptr_t)&zero;
+    unsigned probe = IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG | IORING_ENTER_ABS_TIMER;
+    if (syscall(__NR_io_uring_enter, fd, 0, 0, probe, &arg, sizeof arg) == 0)
+        ring.abs_timer = 1;
+    else if (errno != EINVAL)
+        fail_errno("io_uring_enter");
+    return 0;
+}
+
+/* Submits what was prepared. With `wait`, also waits until `deadline` (CLOCK_MONOTONIC ns) for a
+ * completion. */
+static void ring_enter(int wait, int64_t deadline)
+{
+    __atomic_store_n(ring.sq_tail, ring.tail, __ATOMIC_RELEASE);
+    unsigned pending = ring.tail - __atomic_load_n(ring.sq_head, __ATOMIC_ACQUIRE);
+    int64_t at = 0;
+    if (wait) {
+        at = ring.abs_timer ? deadline : deadline - now_ns();
+        if (at < 0)
+            at = 0;
+    }
+    struct __kernel_timespec ts = {.tv_sec = at / NS, .tv_nsec = at % NS};
+    struct io_uring_getevents_arg arg;
+    memset(&arg, 0, sizeof arg);
+    arg.ts = (uint64_t)(uintptr_t)&ts;
+    /* GETEVENTS even without waiting: with DEFER_TASKRUN it is what runs the completion work. */
+    unsigned flags = IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG | (ring.abs_timer ? IORING_ENTER_ABS_TIMER : 0);
+    if (syscall(__NR_io_uring_enter, ring.fd, pending, wait ? 1 : 0, flags, &arg, sizeof arg) < 0 &&
+        errno != ETIME && errno != EINTR && errno != EAGAIN && errno != EBUSY)
+        fail_errno("io_uring_enter");
+    /* ETIME: nothing completed in time; EINTR: a signal; EAGAIN/EBUSY: the kernel could not take
+     * the SQEs just now (no memory for requests; before 5.19/6.x, completions on the overflow
+     * list). Either way the caller reaps what there is and comes back; SQEs not taken stay
+     * queued for the next call (pending is recounted from the kernel's head). */
+}
+
+/* A zeroed submission queue entry; when the queue is full, what it holds is submitted first. */
+static struct io_uring_sqe *ring_sqe(void)
+{
+    for (int tries = 0; ring.tail - __atomic_load_n(ring.sq_head, __ATOMIC_ACQUIRE) >= ring.sq_entries; tries++) {
+        if (tries == 100) {
+            errno = EBUSY;
+            fail_errno("io_uring submission queue stays full");
+        }
+        ring_enter(0, 0);
+    }
+    struct io_uring_sqe *sqe = &ring.sqes[ring.tail++ & ring.sq_mask];
+    memset(sqe, 0, sizeof *sqe);
+    return sqe;
+}
+
+/* Asks the kernel to cancel the operation tagged `tag` (IORING_OP_ASYNC_CANCEL by user_data, a
+ * hash lookup): submitted with the next pass, its own completion ignored. */
+static void ring_cancel(uint64_t tag)
+{
+    struct io_uring_sqe *sqe = ring_sqe();
+    sqe->opcode = IORING_OP_ASYNC_CANCEL;
+    sqe->addr = tag;
+    sqe->user_data = RING_CANCEL;
+}
+
+/* Gives a provided buffer back to the kernel; published by ring_reap() once per batch. */
+static void ring_give_back(unsigned bid)
+{
+    struct io_uring_buf *slot = &ring.bufs->bufs[ring.buf_tail++ & (ring.nbufs - 1)];
+    slot->addr = (uint64_t)(uintptr_t)(ring.buf_mem + (size_t)bid * ring.buf_size);
+    slot->len = (uint32_t)ring.buf_size;
+    slot->bid = (uint16_t)bid;
+    ring.buf_returned = 1;
+}
+
 /* ---- connections of closed, open and idle points ---------------------------------------- */
 
 struct conn {
@@ -539,7 +788,9 @@ struct conn {
     uint32_t id;       /* connection id in the payload: the point-wide index */
     uint32_t seq;
     uint32_t waiting;  /* open loop: waiting for its next send time, nothing in flight */
-    uint32_t writing;  /* EPOLLOUT registered: part of the request is still to be sent */
+    uint32_t writing;  /* epoll: EPOLLOUT registered, part of the request is still to be sent;
+                          io_uring: a send of the current request is in flight */
+    uint32_t armed;    /* io_uring: its recv (idle: its poll) is in flight */
     uint32_t answered; /* an echo of it was verified */
     size_t sent, received;
     int64_t t_send, t_intended, t_connect;
@@ -725,15 +976,21 @@ static int completed_at(int64_t done)
     return in_window(done);
 }
 
-static int epoll_timeout_ms(int64_t now, int64_t backstop_ns)
+/* ns from `now` to the window's next edge, at most backstop_ns, never negative. */
+static int64_t until_edge_ns(int64_t now, int64_t backstop_ns)
 {
     int64_t until = win.end - now;
     if (!win.measured_start && win.start - now < until)
         until = win.start - now;
     if (until > backstop_ns)
         until = backstop_ns;
+    return until < 0 ? 0 : until;
+}
+
+static int epoll_timeout_ms(int64_t now, int64_t backstop_ns)
+{
     /* Round up, as CPython's epoll.poll() does: never wake before the window's edge. */
-    return until <= 0 ? 0 : (int)((until + 999999) / 1000000);
+    return (int)((until_edge_ns(now, backstop_ns) + 999999) / 1000000);
 }
 
 /* ---- open loop: a min-heap of (intended send time, connection) and a timerfd ----------- */
@@ -894,13 +1151,82 @@ static int64_t interval_ns; /* open loop: time between one connection's intended
 #define ACTIVE_EVENTS (EPOLLIN | EPOLLRDHUP | EPOLLET)
 #define HANGUP (EPOLLRDHUP | EPOLLHUP | EPOLLERR)
 
+/* user_data of a ring operation: connection index, for a send the request's sequence number
+ * (so that a late completion of an earlier request's send is told apart), operation. */
+static uint64_t ring_tag(const struct conn *c, enum ring_op op)
+{
+    uint64_t seq = op == RING_SEND ? c->seq & 0xFFFFFF : 0;
+    return (uint64_t)(c - conns) << 32 | seq << 8 | (uint64_t)op;
+}
+
 static void drop(struct conn *c, int kind)
 {
     count_error(kind);
     if ((kind == RESET || kind == SHORT_READ) && !c->answered)
         closed_before_echo++;
+    if (ring.fd >= 0) {
+        /* An operation in flight holds a reference to the socket's file: without the cancel,
+         * close() would leave the connection open. The socket is released when the cancelled
+         * operations end, at the next pass (at the latest in ring_settle()). */
+        if (c->armed)
+            ring_cancel(ring_tag(c, c < conns + nactive ? RING_RECV : RING_IDLE));
+        if (c->writing)
+            ring_cancel(ring_tag(c, RING_SEND));
+        ring.closing += c->armed + c->writing;
+    }
     close_fd(c->fd);
     c->fd = -1;
+}
+
+/* The connection's multishot recv: armed once, again only when the kernel ended it. */
+static void ring_recv(struct conn *c)
+{
+    struct io_uring_sqe *sqe = ring_sqe();
+    sqe->opcode = IORING_OP_RECV;
+    sqe->fd = c->fd;
+    sqe->ioprio = IORING_RECV_MULTISHOT;
+    sqe->flags = IOSQE_BUFFER_SELECT;
+    sqe->buf_group = 0;
+    sqe->user_data = ring_tag(c, RING_RECV);
+    c->armed = 1;
+}
+
+/* An idle connection is watched by a one-shot poll: any event is its end. */
+static void ring_watch_idle(struct conn *c)
+{
+    struct io_uring_sqe *sqe = ring_sqe();
+    sqe->opcode = IORING_OP_POLL_ADD;
+    sqe->fd = c->fd;
+    uint32_t events = POLLIN | POLLRDHUP;
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    events = events << 16 | events >> 16; /* the kernel reads the field as two halfwords (liburing) */
+#endif
+    sqe->poll32_events = events;
+    sqe->user_data = ring_tag(c, RING_IDLE);
+    c->armed = 1;
+}
+
+/* Sends the next chunk of the current request. MSG_WAITALL: the kernel retries a short send
+ * until the chunk is all sent or the connection fails (io_uring/net.c, io_net_retry). */
+static void ring_send(struct conn *c)
+{
+    size_t size = (size_t)opt.payload, n = size - c->sent;
+    unsigned char *mine = ring.send_mem + (size_t)(c - conns) * ring.send_size;
+    if (!c->sent) {
+        /* The pattern repeats every 16 bytes: chunk k starts at mine + (k * chunk) % 16. */
+        size_t span = (size < ring.chunk ? size : ring.chunk) + 15;
+        memcpy(mine, payload_at(c->id, c->seq, 0, span), span);
+    }
+    if (n > ring.chunk)
+        n = ring.chunk;
+    struct io_uring_sqe *sqe = ring_sqe();
+    sqe->opcode = IORING_OP_SEND;
+    sqe->fd = c->fd;
+    sqe->addr = (uint64_t)(uintptr_t)(mine + c->sent % 16);
+    sqe->len = (uint32_t)n;
+    sqe->msg_flags = MSG_NOSIGNAL | MSG_WAITALL;
+    sqe->user_data = ring_tag(c, RING_SEND);
+    c->writing = 1;
 }
 
 static void set_writing(struct conn *c, uint32_t want)
@@ -911,9 +1237,14 @@ static void set_writing(struct conn *c, uint32_t want)
     }
 }
 
-/* Send what is left of the current request; EPOLLOUT registered while the socket buffer is full. */
+/* Send what is left of the current request; EPOLLOUT registered while the socket buffer is full.
+ * On the ring, a send operation does that waiting. */
 static void push(struct conn *c)
 {
+    if (ring.fd >= 0) {
+        ring_send(c);
+        return;
+    }
     enum io r = send_request(c->fd, c->id, c->seq, &c->sent);
     if (r == IO_FAILED)
         drop(c, RESET);
@@ -938,6 +1269,35 @@ static void on_idle_event(struct conn *c, uint32_t ev)
     drop(c, ev & EPOLLERR ? RESET : SHORT_READ);
 }
 
+/* A verified whole echo at `done`: counted (in the window's figures when it falls in it). */
+static void record_echo(struct conn *c, int64_t done)
+{
+    c->answered = 1;
+    if (completed_at(done)) {
+        win.requests++;
+        hist_record_ns(win.corrected, done - c->t_intended);
+        if (opt.workload == OPEN)
+            hist_record_ns(win.uncorrected, done - c->t_send);
+    }
+}
+
+/* After an echo verified at `done`: the closed loop sends at once; the open loop sends when the
+ * schedule says, keeping its place on it even when this echo was late. */
+static void next_request(struct conn *c, int64_t done)
+{
+    if (opt.workload == OPEN) {
+        int64_t intended = c->t_intended + interval_ns;
+        if (intended <= done) {
+            send_next(c, intended, done);
+        } else {
+            c->waiting = 1;
+            heap_push(intended, (uint32_t)(c - conns));
+        }
+    } else {
+        send_next(c, done, done);
+    }
+}
+
 static void on_active_event(struct conn *c, uint32_t ev)
 {
     if ((ev & EPOLLOUT) && c->writing) {
@@ -954,14 +1314,8 @@ static void on_active_event(struct conn *c, uint32_t ev)
         drop(c, kind);
     if (r != IO_DONE)
         return;
-    c->answered = 1;
     int64_t done = now_ns();
-    if (completed_at(done)) {
-        win.requests++;
-        hist_record_ns(win.corrected, done - c->t_intended);
-        if (opt.workload == OPEN)
-            hist_record_ns(win.uncorrected, done - c->t_send);
-    }
+    record_echo(c, done);
     /* The echo was whole, and the peer had closed behind it: the edge that said so will not
      * come again, so the close (or bytes beyond the echo) is read now, as level-triggered
      * epoll would have reported it at the next wait. */
@@ -969,18 +1323,114 @@ static void on_active_event(struct conn *c, uint32_t ev)
         drop(c, kind);
         return;
     }
-    if (opt.workload == OPEN) {
-        /* The next send keeps its place on the schedule even when this one was late. */
-        int64_t intended = c->t_intended + interval_ns;
-        if (intended <= done) {
-            send_next(c, intended, done);
+    next_request(c, done);
+}
+
+/* Bytes of a connection's stream, as a recv completion brought them: checked against the echo
+ * owed, in order. Bytes past a whole echo belong to the next one (closed loop: its request is
+ * sent first, and a mismatch shows there, as the epoll loop finds it at its next read); with
+ * nothing in flight (open loop between sends), any byte is a mismatch. */
+static void ring_feed(struct conn *c, const unsigned char *data, size_t n)
+{
+    while (n && c->fd >= 0) {
+        size_t owed = (size_t)opt.payload - c->received, take = n < owed ? n : owed;
+        if (c->waiting || !payload_matches(c->id, c->seq, c->received, data, take)) {
+            drop(c, MISMATCH);
+            return;
+        }
+        c->received += take, data += take, n -= take;
+        if (c->received < (size_t)opt.payload)
+            continue;
+        int64_t done = now_ns();
+        record_echo(c, done);
+        next_request(c, done);
+    }
+}
+
+/* One of the connection's operations is over; for a closed connection, one less holding its socket. */
+static void ring_op_over(struct conn *c, uint32_t *in_flight)
+{
+    if (*in_flight && c->fd < 0)
+        ring.closing--;
+    *in_flight = 0;
+}
+
+static void ring_complete(uint64_t tag, int res, uint32_t flags)
+{
+    enum ring_op op = (enum ring_op)(tag & 0xFF);
+    if (op == RING_CANCEL)
+        return;
+    struct conn *c = &conns[tag >> 32];
+    int live = c->fd >= 0 && !ring.settling;
+    if (op == RING_RECV) {
+        int bid = flags & IORING_CQE_F_BUFFER ? (int)(flags >> IORING_CQE_BUFFER_SHIFT) : -1;
+        int over = !(flags & IORING_CQE_F_MORE);
+        if (over)
+            ring_op_over(c, &c->armed);
+        if (live) {
+            if (res > 0 && bid >= 0)
+                ring_feed(c, ring.buf_mem + (size_t)bid * ring.buf_size, (size_t)res);
+            else if (res == 0)
+                drop(c, SHORT_READ);
+            else if (res != -ENOBUFS) /* no buffer free for a moment: armed again below */
+                drop(c, RESET);
+        }
+        if (bid >= 0)
+            ring_give_back((unsigned)bid);
+        if (over && c->fd >= 0 && !ring.settling)
+            ring_recv(c);
+    } else if (op == RING_SEND) {
+        if (((tag >> 8) & 0xFFFFFF) != (c->seq & 0xFFFFFF))
+            return; /* an earlier request's send: its echo was whole already */
+        ring_op_over(c, &c->writing);
+        if (!live)
+            return;
+        if (res < 0) {
+            drop(c, RESET);
         } else {
-            c->waiting = 1;
-            heap_push(intended, (uint32_t)(c - conns));
+            c->sent += (size_t)res;
+            if (c->sent < (size_t)opt.payload)
+                ring_send(c);
         }
     } else {
-        send_next(c, done, done);
+        ring_op_over(c, &c->armed);
+        if (live) /* an idle connection the server closed or reset: it no longer counts */
+            drop(c, res < 0 || (res & POLLERR) ? RESET : SHORT_READ);
     }
+}
+
+/* Submits what the last pass prepared; with a deadline (CLOCK_MONOTONIC ns; 0: none) waits
+ * until then for a completion; handles every completion there is. */
+static void ring_pass(int64_t deadline)
+{
+    ring_enter(deadline > 0, deadline);
+    unsigned head = *ring.cq_head;
+    while (head != __atomic_load_n(ring.cq_tail, __ATOMIC_ACQUIRE)) {
+        struct io_uring_cqe *cqe = &ring.cqes[head & ring.cq_mask];
+        uint64_t tag = cqe->user_data;
+        int res = cqe->res;
+        uint32_t flags = cqe->flags;
+        /* The slot is handed back before the completion is handled, which may submit. */
+        __atomic_store_n(ring.cq_head, ++head, __ATOMIC_RELEASE);
+        ring_complete(tag, res, flags);
+    }
+    if (ring.buf_returned) {
+        __atomic_store_n(&ring.bufs->tail, (uint16_t)ring.buf_tail, __ATOMIC_RELEASE);
+        ring.buf_returned = 0;
+    }
+}
+
+/* After the loop: submits what its last pass prepared (the epoll loop's sends leave at once),
+ * then lets the kernel end the operations of every connection closed so far, so that their
+ * sockets are closed before the worker holds the others open for the manager. Nothing new
+ * starts. One pass is enough when the cancels are all served; a second bounds it. */
+static void ring_settle(void)
+{
+    ring.settling = 1;
+    int64_t give_up = now_ns() + NS;
+    ring_pass(0);
+    while (ring.closing > 0 && now_ns() < give_up)
+        ring_pass(now_ns() + NS / 100);
 }
 
 static long expire_stuck(int64_t now)
@@ -1006,16 +1456,46 @@ static int64_t ramp_ns(int64_t start_at)
     return ramp < 0 ? 0 : ramp > RAMP_MAX_NS ? RAMP_MAX_NS : ramp;
 }
 
+/* Waits up to timeout_ms for epoll's events and handles them. */
+static void epoll_pass(int timeout_ms)
+{
+    static struct epoll_event events[MAX_EVENTS];
+    int n = epoll_wait(ep, events, MAX_EVENTS, timeout_ms);
+    if (n < 0 && errno != EINTR)
+        fail_errno("epoll_wait");
+    for (int i = 0; i < n; i++) {
+        uint32_t index = events[i].data.u32;
+        if (index == TIMER_INDEX) {
+            consume_timer();
+            continue;
+        }
+        struct conn *c = &conns[index];
+        if (c->fd < 0)
+            continue;
+        if ((long)index < nactive)
+            on_active_event(c, events[i].events);
+        else
+            on_idle_event(c, events[i].events);
+    }
+}
+
 static long request_loop(int64_t start_at)
 {
     for (long i = 0; i < nconns; i++) {
-        conns[i].id = (uint32_t)(opt.first_index + i);
-        watch(EPOLL_CTL_ADD, conns[i].fd, i < nactive ? ACTIVE_EVENTS : EPOLLIN | EPOLLRDHUP, (uint32_t)i);
+        struct conn *c = &conns[i];
+        c->id = (uint32_t)(opt.first_index + i);
+        if (ring.fd < 0)
+            watch(EPOLL_CTL_ADD, c->fd, i < nactive ? ACTIVE_EVENTS : EPOLLIN | EPOLLRDHUP, (uint32_t)i);
+        else if (i < nactive)
+            ring_recv(c);
+        else
+            ring_watch_idle(c);
     }
     heap = calloc((size_t)(nactive ? nactive : 1), sizeof *heap);
     if (!heap)
         fail_errno("calloc");
-    watch(EPOLL_CTL_ADD, timer_fd, EPOLLIN, TIMER_INDEX);
+    if (ring.fd < 0)
+        watch(EPOLL_CTL_ADD, timer_fd, EPOLLIN, TIMER_INDEX);
     if (opt.workload == OPEN) {
         /* A day at most: a rate so low that the interval overflows would mean no send anyway. */
         double interval = (double)nactive / opt.rate * NS;
@@ -1031,7 +1511,6 @@ static long request_loop(int64_t start_at)
         conns[i].waiting = 1;
         heap_push(first + (int64_t)((double)spread * (double)i / (double)nactive), (uint32_t)i);
     }
-    static struct epoll_event events[MAX_EVENTS];
     int64_t last_scan = first;
     long live = nactive;
     while (live > 0) {
@@ -1047,24 +1526,16 @@ static long request_loop(int64_t start_at)
         maybe_open_window(now);
         if (now >= win.end)
             break;
-        if (heap_len)
-            arm_timer(heap[0].at); /* the epoll timeout (whole ms) is only a backstop */
-        int n = epoll_wait(ep, events, MAX_EVENTS, epoll_timeout_ms(now, NS / 10));
-        if (n < 0 && errno != EINTR)
-            fail_errno("epoll_wait");
-        for (int i = 0; i < n; i++) {
-            uint32_t index = events[i].data.u32;
-            if (index == TIMER_INDEX) {
-                consume_timer();
-                continue;
-            }
-            struct conn *c = &conns[index];
-            if (c->fd < 0)
-                continue;
-            if ((long)index < nactive)
-                on_active_event(c, events[i].events);
-            else
-                on_idle_event(c, events[i].events);
+        if (ring.fd >= 0) {
+            /* The wait's deadline (ns, an hrtimer) is the open loop's send timer too. */
+            int64_t deadline = now + until_edge_ns(now, NS / 10);
+            if (heap_len && heap[0].at < deadline)
+                deadline = heap[0].at;
+            ring_pass(deadline > now ? deadline : 0);
+        } else {
+            if (heap_len)
+                arm_timer(heap[0].at); /* the epoll timeout (whole ms) is only a backstop */
+            epoll_pass(epoll_timeout_ms(now, NS / 10));
         }
         now = now_ns();
         if (now - last_scan > TIMEOUT_SCAN_NS) {
@@ -1076,6 +1547,8 @@ static long request_loop(int64_t start_at)
     if (getrusage(RUSAGE_SELF, &win.usage_end) < 0)
         fail_errno("getrusage");
     live = expire_stuck(win.measured_end);
+    if (ring.fd >= 0)
+        ring_settle();
     /* The connections stay open until the manager releases us (hold_until_released). */
     return live;
 }
@@ -1261,6 +1734,11 @@ int main(int argc, char **argv)
     timer_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
     if (timer_fd < 0)
         fail_errno("timerfd_create");
+    if ((opt.workload == CLOSED || opt.workload == OPEN) && opt.io != IO_EPOLL &&
+        ring_setup(opt.connections, opt.idle) < 0 && opt.io == IO_URING) {
+        fprintf(stderr, "loadgen-worker: --io io_uring: %s\n", ring_why);
+        exit(1);
+    }
 
     struct hist *connect_hist = hist_new();
     double connect_s = 0;
@@ -1269,6 +1747,11 @@ int main(int argc, char **argv)
            (unsigned long long)connected, connect_s);
     put_errors();
     put_hist("histogram_counts", connect_hist);
+    printf(",\"io\":\"%s\"", ring.fd >= 0 ? "io_uring" : "epoll");
+    if (ring_why[0]) {
+        printf(",\"io_why\":");
+        put_string(ring_why);
+    }
     printf(",\"notes\":[");
     for (int i = 0; i < nnotes; i++) {
         if (i)
