@@ -19,7 +19,7 @@ from faulty_models import EXTRA_MODELS
 from hdrh.histogram import HdrHistogram
 
 from bench.running.engines import engine_class, make_engine
-from bench.running.load_workers import ConnectPhase, LoadPlan, LoadResult
+from bench.running.load_workers import C_IO_ENV, ConnectPhase, LoadPlan, LoadResult
 from loadgen.histogram import encode_counts, merge, new_histogram, summarize
 
 HOST = "127.0.0.1"
@@ -39,6 +39,9 @@ def drive(
     try:
         load.start()
         connect = load.wait_connected(timeout=30)
+        # Each test on "c/io_uring" or "c/epoll" ran the loop it names (churn is on epoll always).
+        loop = os.environ.get(C_IO_ENV, "auto") if engine == "c" and plan.workload != "churn" else "auto"
+        assert loop == "auto" or connect.io == loop, connect
         load.schedule(warmup, duration)
         return connect, load.collect(timeout=warmup + duration + 15)
     finally:

@@ -20,9 +20,9 @@
  *           nanosecond timeout on io_uring);
  *   idle    silent connections held open beside the active ones, watched for closes;
  *   churn   N slots each connect, send one request, verify the echo, close, again.
- * The closed and open loops run on io_uring (Linux 6.1+) or on epoll: --io auto|epoll|io_uring,
- * auto by default (see "io_uring: the request loop's other back end"); churn and the connect
- * phase always use epoll. The connected message says which ("io") and, when auto fell back to
+ * The request loop of closed, open and idle points runs on io_uring (Linux 6.1+) or on epoll
+ * (--io auto|epoll|io_uring, auto by default; see "io_uring: the request loop's other back
+ * end"); churn and the connect phase always use epoll. The connected message says which ("io") and, when auto fell back to
  * epoll, why ("io_why").
  * A request counts in the window when its echo was verified at t, window_start <= t < window_end.
  * Beside the window's figures, a timeline counts verified echoes (churn: cycles) and errors per
@@ -551,7 +551,7 @@ static void close_fd(int fd)
 
 /* ---- io_uring: the request loop's other back end ---------------------------------------- */
 
-/* The closed and open loops run on io_uring where the kernel has what they need (Linux 6.1),
+/* The request loop runs on io_uring where the kernel has what it needs (Linux 6.1),
  * else on epoll (--io chooses; auto is the default). Per request, epoll costs an epoll_wait()
  * report, a recv() and a send(), each a system call, and the wake-up that puts the socket on
  * epoll's ready list. Here:
@@ -567,7 +567,11 @@ static void close_fd(int fd)
 
 #define RING_MIN_ENTRIES 64UL
 #define RING_MAX_ENTRIES 32768UL /* IORING_MAX_ENTRIES (io_uring/io_uring.h); also the buffer ring's */
-#define RING_BUF_MIN 256UL
+/* A full submission queue is submitted and reused (ring_sqe), so its size only sets how many
+ * operations one io_uring_enter() carries; 4096 keeps a pass of thousands of sends in a few
+ * calls without pinning 64 B per connection. */
+#define RING_SQ_MAX 4096UL
+#define RING_BUF_MIN 128UL
 #define RING_BUF_BUDGET (32UL << 20) /* bytes of receive buffers per worker at most, above the minimum */
 #define RING_SEND_BUDGET (64UL << 20)
 #define RING_SEND_MIN 4096UL
@@ -622,13 +626,14 @@ static int ring_setup(long active, long idle)
 {
     struct io_uring_params p;
     memset(&p, 0, sizeof p);
-    unsigned long entries = pow2_at_least(2UL * (unsigned long)active, RING_MIN_ENTRIES, RING_MAX_ENTRIES);
+    unsigned long entries = pow2_at_least(2UL * (unsigned long)active, RING_MIN_ENTRIES, RING_SQ_MAX);
     p.flags = IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP | IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN |
               IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN;
     /* Room for every completion that can be outstanding at once (an echo's segments, bounded by
-     * the buffers; a send and a recv's end per connection; a poll per idle one), so that the
-     * kernel need not hold completions back on its overflow list. */
-    p.cq_entries = (unsigned)pow2_at_least(4UL * (unsigned long)active + (unsigned long)idle, 2 * entries,
+     * the buffers, one per active connection; a send per connection; a poll per idle one), so
+     * that the kernel need not hold completions back on its overflow list (where they would
+     * still not be lost: IORING_FEAT_NODROP). */
+    p.cq_entries = (unsigned)pow2_at_least(2UL * (unsigned long)active + (unsigned long)idle + 64, 2 * entries,
                                            2 * RING_MAX_ENTRIES);
     int fd = (int)syscall(__NR_io_uring_setup, (unsigned)entries, &p);
     if (fd < 0)
@@ -1734,7 +1739,7 @@ int main(int argc, char **argv)
     timer_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
     if (timer_fd < 0)
         fail_errno("timerfd_create");
-    if ((opt.workload == CLOSED || opt.workload == OPEN) && opt.io != IO_EPOLL &&
+    if (opt.workload != CHURN && opt.io != IO_EPOLL &&
         ring_setup(opt.connections, opt.idle) < 0 && opt.io == IO_URING) {
         fprintf(stderr, "loadgen-worker: --io io_uring: %s\n", ring_why);
         exit(1);
