@@ -47,6 +47,7 @@ import psutil
 
 import cbuild
 from bench.errors import PointFailed
+from bench.errors import UsageError as BenchUsageError
 from bench.measuring.host import describe_host
 from bench.measuring.interference import (
     FOREIGN_LIMIT_PCT,
@@ -59,7 +60,7 @@ from bench.measuring.interference import compare as compare_host
 from bench.measuring.interference import snapshot as host_snapshot
 from bench.measuring.sampler import sample_tree
 from bench.running.engines import LoadEngine, make_engine, unavailable_reason
-from bench.running.load_workers import LoadPlan
+from bench.running.load_workers import LoadPlan, c_io_choice
 from bench.running.pipes import MessageReader
 from bench.running.server_control import ServerUnderTest
 from loadgen.histogram import merge, summarize
@@ -320,6 +321,9 @@ def run_engine(name: str, args: argparse.Namespace, server: ServerUnderTest, con
         timeline = Timeline({"server": lambda: [server.pid], "client": load.pids})
         load.start()
         connect = load.wait_connected(timeout=START_BUDGET_S + load.extra_connect_timeout_s)
+        # Which request loop the C engine ran (io_uring or epoll), and why not io_uring when not.
+        run.extra.update({"engine_io": connect.io} if connect.io else {})
+        run.extra.update({"io_why": "; ".join(connect.io_why)} if connect.io_why else {})
         if connect.connected < conns:
             raise PointFailed(f"only {connect.connected} of {conns} connections opened: {dict(connect.errors)}")
         window = load.schedule(args.warmup, args.duration)
@@ -597,6 +601,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.connections = _connection_list(args.connections)
     args.engines = _engine_list(args.engines)
+    if "c" in args.engines:
+        try:
+            c_io_choice()
+        except BenchUsageError as exc:
+            raise UsageError(str(exc)) from None
     if not 1 <= args.repeats <= 20:
         raise UsageError("--repeats must be 1..20")
     if not 1 <= args.payload <= 1_000_000:
@@ -652,7 +661,9 @@ def measure(args: argparse.Namespace, engines: list[str], server: ServerUnderTes
                     if run.ok
                     else f"FAILED: {run.reason}"
                 )
-                print(f"  {conns:>5} conns r{repeat} {engine:7} {status} ({run.wall_s:.1f} s)", flush=True)
+                loop = f" [{run.extra['engine_io']}]" if "engine_io" in run.extra else ""
+                why = f" (not io_uring: {run.extra['io_why']})" if "io_why" in run.extra else ""
+                print(f"  {conns:>5} conns r{repeat} {engine:7} {status} ({run.wall_s:.1f} s){loop}{why}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import c_io_uring_problem
 
 import cbuild
 
@@ -15,10 +17,33 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 SCRIPT = BENCHMARKS / "engine_capacity.py"
 
 
-def run_script(*args: str, timeout: float) -> subprocess.CompletedProcess:
+def run_script(*args: str, timeout: float, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout, check=False
+        [sys.executable, str(SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env={**os.environ, **(env or {})},
     )
+
+
+@pytest.mark.timeout(120)
+def test_the_c_engines_runs_record_their_request_loop(tmp_path):
+    from bench.running.engines import unavailable_reason
+
+    if (reason := unavailable_reason("c")) is not None:
+        pytest.skip(reason)
+    raw = tmp_path / "runs.json"
+    tiny = ["--engines", "c", "--connections", "2", "--repeats", "1", "--duration", "0.3", "--warmup", "0.1"]
+    proc = run_script(*tiny, "--quiet-wait", "0", "--json", str(raw), timeout=100, env={"IOMODEL_C_IO": "auto"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (run,) = json.loads(raw.read_text())["runs"]
+    loop = "epoll" if c_io_uring_problem() else "io_uring"
+    assert run["ok"] and run["engine_io"] == loop and f"[{loop}]" in proc.stdout
+    bad = run_script(*tiny, timeout=50, env={"IOMODEL_C_IO": "kqueue"})
+    assert bad.returncode == 2 and bad.stdout == "" and "Traceback" not in bad.stderr
+    assert bad.stderr == "engine_capacity: error: IOMODEL_C_IO is one of auto, epoll, io_uring, not 'kqueue'\n"
 
 
 @pytest.mark.timeout(120)

@@ -45,7 +45,8 @@ def test_locust_engine_options_are_checked(tmp_path, args, message):
 
 @pytest.mark.timeout(120)
 def test_the_run_records_its_engine_and_c_is_the_default(tmp_path):
-    proc = run_bench("run", "--models", "epoll", "--connections", "5", "--duration", "0.3", "--out", str(tmp_path))
+    argv = ["run", "--models", "epoll", "--connections", "5", "--duration", "0.3", "--out", str(tmp_path)]
+    proc = run_bench(*argv, env={"IOMODEL_C_IO": "auto"})
     assert proc.returncode == 0, proc.stderr
     run_dir = only_run_dir(tmp_path)
     (row,) = read_points(run_dir)

@@ -185,6 +185,8 @@ def _measure(
         server = ServerUnderTest(spec.model, pinning.server, extra=extra)
     load: LoadEngine | None = None
     tcp_before: tcp_counters.Counters | None = None
+    # Why the C engine's request loop ran on epoll, not io_uring (its workers' own words).
+    loop_notes: list[str] = []
     # --target: connections the load workers saw closed before their first echo (bench.measuring.shed).
     closed_before_echo: int | None = None
     try:
@@ -214,6 +216,7 @@ def _measure(
 
         connect = load.wait_connected(timeout=connect_timeout, progress=opened)
         row.update(connected=connect.connected, connect_s=connect.seconds, engine_io=connect.io)
+        loop_notes = [f"C engine on epoll, not io_uring: {why}" for why in connect.io_why]
         queued = None
         if server.pid and spec.workload != "churn":
             phase(f"connecting ({connect.connected:,} of {spec.connections + spec.idle:,}): accepting")
@@ -279,7 +282,7 @@ def _measure(
         notes = [*server.warnings]
         if spec.target:
             notes.append(f"server metrics unavailable: external server at {spec.target}")
-        notes += [f"C engine on epoll, not io_uring: {why}" for why in connect.io_why]
+        notes += loop_notes
         if row["errors"]:
             notes.append(f"{row['errors']} errors: {row['error_kinds']}")
         if rounds:
@@ -296,7 +299,7 @@ def _measure(
         row["reason"] = "; ".join(notes)
     except PointFailed as exc:
         row["status"] = STATUS_FAILED
-        row["reason"] = "; ".join([str(exc), *server.warnings, *_tcp_notes(row, tcp_before)])
+        row["reason"] = "; ".join([str(exc), *server.warnings, *_tcp_notes(row, tcp_before), *loop_notes])
     except Exception as exc:  # noqa: BLE001 - a harness error at one point must not end the sweep
         row["status"] = STATUS_FAILED
         row["reason"] = "; ".join([f"harness error: {type(exc).__name__}: {exc}", *_tcp_notes(row, tcp_before)])

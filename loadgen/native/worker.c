@@ -559,11 +559,13 @@ static void close_fd(int fd)
  *    its life: every segment of an echo lands in a kernel-provided buffer (a buffer ring,
  *    IORING_REGISTER_PBUF_RING, 5.19) and is announced by a completion, with no call of ours;
  *  - the sends a loop pass prepares are submitted by the same io_uring_enter() that waits for
- *    the next completions: one system call per pass, however many requests it carries;
+ *    the next completions: one system call per pass for all of them (a wait hands over at most
+ *    a few tens of completions since Linux 6.13, so passes are many at high rates);
  *  - DEFER_TASKRUN (6.1) runs the kernel's completion work when we wait, in a batch, on our CPU.
  * io_uring_setup(2), io_uring_enter(2), io_uring_register(2), io_uring_buf_ring(7) describe the
  * interface; liburing wraps the same calls, and we keep to the system calls and Linux headers.
- * README ("The load engine's yardstick") has what it measured against the plain epoll client. */
+ * README ("The load engines against a plain C client") has what it measured against the plain
+ * epoll client. */
 
 #define RING_MIN_ENTRIES 64UL
 #define RING_MAX_ENTRIES 32768UL /* IORING_MAX_ENTRIES (io_uring/io_uring.h); also the buffer ring's */
@@ -1334,7 +1336,10 @@ static void on_active_event(struct conn *c, uint32_t ev)
 /* Bytes of a connection's stream, as a recv completion brought them: checked against the echo
  * owed, in order. Bytes past a whole echo belong to the next one (closed loop: its request is
  * sent first, and a mismatch shows there, as the epoll loop finds it at its next read); with
- * nothing in flight (open loop between sends), any byte is a mismatch. */
+ * nothing in flight (open loop between sends), any byte is a mismatch at once, where the epoll
+ * loop leaves them queued until the next echo's read. Likewise a close that follows a whole
+ * echo is seen after the next request was sent (and counted in sent_in_window); the epoll loop
+ * sees it first. Completions and every error count are the same. */
 static void ring_feed(struct conn *c, const unsigned char *data, size_t n)
 {
     while (n && c->fd >= 0) {
