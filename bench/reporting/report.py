@@ -430,7 +430,7 @@ def render_report(run_path: Path) -> Path:
         # A sweep's point template; a profile run keeps these at the top of its config.
         point=point,
         engine=describe_engine(point.get("engine", "builtin")),
-        engine_io=_engine_io(current) if not df.empty else [],
+        engine_io=_engine_io(current),
     )
     write_text_atomic(run_dir.report_file, html)
     write_index(run_dir.path.parent)

@@ -22,8 +22,8 @@
  *   churn   N slots each connect, send one request, verify the echo, close, again.
  * The request loop of closed, open and idle points runs on io_uring (Linux 6.1+) or on epoll
  * (--io auto|epoll|io_uring, auto by default; see "io_uring: the request loop's other back
- * end"); churn and the connect phase always use epoll. The connected message says which ("io") and, when auto fell back to
- * epoll, why ("io_why").
+ * end"); churn and the connect phase always use epoll. The connected message says which
+ * ("io") and, when auto fell back to epoll, why ("io_why").
  * A request counts in the window when its echo was verified at t, window_start <= t < window_end.
  * Beside the window's figures, a timeline counts verified echoes (churn: cycles) and errors per
  * 100 ms bin from start_at to the window's end (loadgen/timeline.py holds the reference rules).
@@ -621,6 +621,24 @@ static int ring_refuse(const char *call, int err, const char *hint)
     return -1;
 }
 
+/* Gives a provided buffer to the kernel; ring_publish_bufs() hands over all given so far. */
+static void ring_give_back(unsigned bid)
+{
+    struct io_uring_buf *slot = &ring.bufs->bufs[ring.buf_tail++ & (ring.nbufs - 1)];
+    slot->addr = (uint64_t)(uintptr_t)(ring.buf_mem + (size_t)bid * ring.buf_size);
+    slot->len = (uint32_t)ring.buf_size;
+    slot->bid = (uint16_t)bid;
+    ring.buf_returned = 1;
+}
+
+static void ring_publish_bufs(void)
+{
+    if (ring.buf_returned) {
+        __atomic_store_n(&ring.bufs->tail, (uint16_t)ring.buf_tail, __ATOMIC_RELEASE);
+        ring.buf_returned = 0;
+    }
+}
+
 /* Sets up the ring, its buffer ring and the send buffers for `active` active and `idle` idle
  * connections. Returns 0, or -1 with ring_why set and no descriptor left open (the request
  * loop then runs on epoll). Memory it cannot get is fatal, as everywhere in this worker. */
@@ -691,14 +709,9 @@ static int ring_setup(long active, long idle)
     reg.bgid = 0;
     if (syscall(__NR_io_uring_register, fd, IORING_REGISTER_PBUF_RING, &reg, 1) < 0)
         return ring_refuse("io_uring_register(PBUF_RING)", errno, errno == EINVAL ? " (needs Linux 5.19)" : "");
-    for (unsigned b = 0; b < ring.nbufs; b++) {
-        struct io_uring_buf *slot = &ring.bufs->bufs[b];
-        slot->addr = (uint64_t)(uintptr_t)(ring.buf_mem + (size_t)b * ring.buf_size);
-        slot->len = (uint32_t)ring.buf_size;
-        slot->bid = (uint16_t)b;
-    }
-    ring.buf_tail = ring.nbufs;
-    __atomic_store_n(&ring.bufs->tail, (uint16_t)ring.buf_tail, __ATOMIC_RELEASE);
+    for (unsigned b = 0; b < ring.nbufs; b++)
+        ring_give_back(b);
+    ring_publish_bufs();
 
     unsigned long per = RING_SEND_BUDGET / (unsigned long)(active > 0 ? active : 1);
     size_t chunk = per < RING_SEND_MIN ? RING_SEND_MIN : per;
@@ -776,16 +789,6 @@ static void ring_cancel(uint64_t tag)
     sqe->opcode = IORING_OP_ASYNC_CANCEL;
     sqe->addr = tag;
     sqe->user_data = RING_CANCEL;
-}
-
-/* Gives a provided buffer back to the kernel; published by ring_reap() once per batch. */
-static void ring_give_back(unsigned bid)
-{
-    struct io_uring_buf *slot = &ring.bufs->bufs[ring.buf_tail++ & (ring.nbufs - 1)];
-    slot->addr = (uint64_t)(uintptr_t)(ring.buf_mem + (size_t)bid * ring.buf_size);
-    slot->len = (uint32_t)ring.buf_size;
-    slot->bid = (uint16_t)bid;
-    ring.buf_returned = 1;
 }
 
 /* ---- connections of closed, open and idle points ---------------------------------------- */
@@ -1424,16 +1427,13 @@ static void ring_pass(int64_t deadline)
         __atomic_store_n(ring.cq_head, ++head, __ATOMIC_RELEASE);
         ring_complete(tag, res, flags);
     }
-    if (ring.buf_returned) {
-        __atomic_store_n(&ring.bufs->tail, (uint16_t)ring.buf_tail, __ATOMIC_RELEASE);
-        ring.buf_returned = 0;
-    }
+    ring_publish_bufs();
 }
 
 /* After the loop: submits what its last pass prepared (the epoll loop's sends leave at once),
  * then lets the kernel end the operations of every connection closed so far, so that their
  * sockets are closed before the worker holds the others open for the manager. Nothing new
- * starts. One pass is enough when the cancels are all served; a second bounds it. */
+ * starts. One pass is enough when the cancels are all served; one second bounds the wait. */
 static void ring_settle(void)
 {
     ring.settling = 1;
